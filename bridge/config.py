@@ -1,0 +1,415 @@
+"""Settings: one model, read from ``BRIDGE_*`` environment variables, a ``.env`` file and
+secret files (Kubernetes Secret mounts), validated before anything connects.
+
+Every field maps to exactly one environment variable, ``BRIDGE_<SECTION>__<FIELD>``; the
+README's configuration table is generated from this model (``env_table``) and a test keeps
+the two in step. Secrets are ``SecretStr`` so they never print.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "BRIDGE_"
+DELIMITER = "__"
+DEFAULT_SECRETS_DIR = "/etc/livestream-bridge/secrets"
+ADOBE_SCOPE = (
+    "openid,AdobeID,read_organizations,"
+    "additional_info.projectedProductContext,additional_info.job_function"
+)
+
+
+class _Section(BaseModel):
+    # Unknown keys inside a section are typos; refuse them rather than ignore them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LivestreamSettings(_Section):
+    """Where and how to read Live Stream."""
+
+    url: str = Field(description="Live Stream endpoint URL from Adobe (required)")
+    max_connections: int = Field(1, ge=1, le=8, description="maxConnections sent to Adobe")
+    reset: Literal["smallest", "largest"] | None = Field(
+        None, description="reset query parameter on (re)connect"
+    )
+    smoothing: bool = Field(False, description="ask Adobe for server-side smoothing")
+    smoothing_bucket_size: int | None = Field(
+        None, ge=1, le=7200, description="smoothingBucketSize in seconds"
+    )
+    reconnect_grace_s: float = Field(
+        60.0, ge=0, description="never reconnect sooner than this after a drop (KA-16598)"
+    )
+    backoff_cap_s: float = Field(600.0, gt=0, description="upper bound of the retry backoff")
+    stall_timeout_s: float = Field(
+        300.0, gt=0, description="close a connection silent for this long"
+    )
+    connect_timeout_s: float = Field(30.0, gt=0, description="TCP/TLS connect timeout")
+    max_record_bytes: int = Field(
+        1_000_000, ge=1024, description="larger records go to the dead-letter topic"
+    )
+    queue_bytes: int = Field(
+        16_000_000, ge=65536, description="compressed bytes buffered between reader and Kafka"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LivestreamSettings:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("url: must be an absolute http(s) URL")
+        if self.backoff_cap_s < self.reconnect_grace_s:
+            raise ValueError("backoff_cap_s: must not be below reconnect_grace_s")
+        return self
+
+
+class AuthSettings(_Section):
+    """Adobe IMS OAuth Server-to-Server credentials, or a static token."""
+
+    token_url: str = Field(
+        "https://ims-na1.adobelogin.com/ims/token/v3", description="IMS token endpoint"
+    )
+    client_id: str | None = Field(None, description="OAuth client id (also sent as x-api-key)")
+    client_secret: SecretStr | None = Field(None, description="OAuth client secret")
+    scope: str = Field(ADOBE_SCOPE, description="comma-separated OAuth scopes")
+    access_token: SecretStr | None = Field(
+        None, description="static bearer token instead of OAuth (tests, short runs)"
+    )
+    refresh_before_s: float = Field(
+        3600.0, ge=0, description="fetch a new token this long before expiry"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AuthSettings:
+        if self.access_token is None and (self.client_id is None or self.client_secret is None):
+            raise ValueError(
+                "client_secret: OAuth needs client_id and client_secret (or set access_token)"
+            )
+        return self
+
+
+class KafkaSettings(_Section):
+    """The cluster, the topics and the client properties."""
+
+    bootstrap_servers: str = Field(description="Kafka bootstrap servers (required)")
+    topic: str = Field("adobe-livestream", description="topic for hits")
+    dlq_topic: str = Field("adobe-livestream-dlq", description="dead-letter topic")
+    create_topics: bool = Field(True, description="create missing topics at start-up")
+    partitions: int = Field(6, ge=1, description="partitions for created topics")
+    replication_factor: int = Field(
+        -1, ge=-1, description="replication factor for created topics (-1: broker default)"
+    )
+    topic_config: dict[str, str] = Field(
+        default_factory=dict, description="configs for created topics (JSON object)"
+    )
+    transactional_id: str = Field(
+        "livestream-bridge", description="shared by every replica of one deployment"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol"
+    )
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256/512, OAUTHBEARER")
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(None, description="SASL password")
+    ssl_ca_location: str | None = Field(None, description="CA file for TLS")
+    properties: dict[str, str] = Field(
+        default_factory=dict, description="extra librdkafka properties (JSON object)"
+    )
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka properties shared by every client the bridge creates."""
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        conf["security.protocol"] = self.security_protocol.lower()
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(self.properties)
+        return conf
+
+
+class PublishSettings(_Section):
+    """How records become Kafka messages."""
+
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "lz4", description="producer compression.type"
+    )
+    key: Literal["visitor", "none"] = Field(
+        "visitor", description="message key: visIdHigh:visIdLow (else mcVisId) or none"
+    )
+    require_hit_id: bool = Field(True, description="dead-letter records without a hit id")
+    commit_interval_ms: int = Field(100, ge=1, description="commit a transaction this often")
+    commit_max_records: int = Field(20000, ge=1, description="or after this many records")
+    kafka_outage_s: float = Field(
+        60.0, gt=0, description="close upstream when Kafka is unreachable this long"
+    )
+    shutdown_timeout_s: float = Field(20.0, gt=0, description="graceful shutdown deadline")
+    dedupe_window: int = Field(
+        6_000_000, ge=0, description="recent hit ids remembered to drop replays (0: off)"
+    )
+    dedupe_seed: bool = Field(True, description="seed the window from the topic's tail")
+
+
+class ElectionSettings(_Section):
+    """Which replica holds the upstream connection."""
+
+    backend: Literal["kafka", "none", "kubernetes"] = Field(
+        "kafka", description="kafka, none (single instance) or kubernetes"
+    )
+    group_id: str = Field("livestream-bridge-election", description="election consumer group")
+    topic: str = Field("livestream-bridge-election", description="one-partition election topic")
+    session_timeout_ms: int = Field(10000, ge=1000, description="election session timeout")
+    identity: str = Field(
+        default_factory=lambda: (
+            os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        ),
+        description="this replica's name (default: POD_NAME, else host-pid)",
+    )
+    lease_name: str = Field("livestream-bridge", description="Kubernetes Lease name")
+    lease_namespace: str | None = Field(
+        None, description="Lease namespace (default: the pod's namespace)"
+    )
+    lease_duration_s: float = Field(15.0, gt=0, description="Kubernetes lease duration")
+    renew_deadline_s: float = Field(10.0, gt=0, description="Kubernetes renew deadline")
+    retry_period_s: float = Field(2.0, gt=0, description="Kubernetes retry period")
+    kubeconfig: str | None = Field(None, description="kubeconfig path (outside a cluster)")
+
+    @model_validator(mode="after")
+    def _check(self) -> ElectionSettings:
+        if not self.lease_duration_s > self.renew_deadline_s > 1.2 * self.retry_period_s:
+            raise ValueError(
+                "renew_deadline_s: need lease_duration_s > renew_deadline_s > 1.2 x retry_period_s"
+            )
+        return self
+
+
+class HttpSettings(_Section):
+    """The health, status and metrics endpoint."""
+
+    host: str = Field("0.0.0.0", description="listen address")  # noqa: S104 - a pod must be probed from outside
+    port: int = Field(8080, ge=0, le=65535, description="listen port (0: any free port)")
+
+
+class LogSettings(_Section):
+    """Log output."""
+
+    format: Literal["json", "text"] = Field("json", description="json lines or plain text")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class Settings(BaseSettings):
+    """Everything the bridge reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=DELIMITER,
+        env_file=".env",
+        env_ignore_empty=True,
+        secrets_nested_delimiter=DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    livestream: LivestreamSettings
+    auth: AuthSettings
+    kafka: KafkaSettings
+    publish: PublishSettings = PublishSettings()
+    election: ElectionSettings = Field(default_factory=ElectionSettings)
+    http: HttpSettings = HttpSettings()
+    log: LogSettings = LogSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Secret files are named like the variables they replace, nested sections included,
+        # which the plain secrets source cannot do.
+        secrets = NestedSecretsSettingsSource(file_secret_settings)
+        return (init_settings, env_settings, dotenv_settings, secrets)
+
+
+def _sections() -> dict[str, type[_Section]]:
+    out: dict[str, type[_Section]] = {}
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, _Section):
+            out[name] = annotation
+    return out
+
+
+def env_name(section: str, field: str) -> str:
+    """The environment variable that sets ``section.field``."""
+    return f"{ENV_PREFIX}{section.upper()}{DELIMITER}{field.upper()}"
+
+
+def known_env_names() -> set[str]:
+    """Every ``BRIDGE_*`` variable the bridge understands."""
+    return {
+        env_name(section, field)
+        for section, model in _sections().items()
+        for field in model.model_fields
+    }
+
+
+def secret_env_names() -> set[str]:
+    """The variables whose values are secrets (never echoed)."""
+    return {
+        env_name(section, field)
+        for section, model in _sections().items()
+        for field, info in model.model_fields.items()
+        if "SecretStr" in str(info.annotation)
+    }
+
+
+def env_table() -> Iterator[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, in model order."""
+    for section, model in _sections().items():
+        for field, info in model.model_fields.items():
+            if info.is_required():
+                default = "required"
+            elif info.default_factory is not None:
+                default = "{}" if "dict" in str(info.annotation) else "(computed)"
+            elif info.default is None:
+                default = "unset"
+            else:
+                default = str(info.default)
+            yield env_name(section, field), default, info.description or ""
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if message.split(":", 1)[0] in {f for m in _sections().values() for f in m.model_fields}:
+        # A model validator names the field it blames as "field: why".
+        field, message = message.split(":", 1)
+        loc = [*loc[:1], field.strip()]
+        message = message.strip()
+    if error["type"] == "missing":
+        message = "required but not set"
+        if len(loc) == 1:
+            # A whole section is absent: name each of its required variables.
+            required = [
+                env_name(loc[0], f)
+                for f, info in _sections()[loc[0]].model_fields.items()
+                if info.is_required()
+            ]
+            if required:
+                return "; ".join(f"{name}: {message}" for name in required)
+            try:  # nothing required as such: the section's own rule says what is missing
+                _sections()[loc[0]].model_validate({})
+            except ValidationError as exc:
+                return _problem({**exc.errors(include_input=False)[0], "loc": (loc[0],)})
+            return message
+    if len(loc) >= 2:
+        return f"{env_name(loc[0], loc[1])}: {message}"
+    if len(loc) == 1:
+        return f"{ENV_PREFIX}{loc[0].upper()}{DELIMITER}*: {message}"
+    return message
+
+
+def load_settings(
+    *, env_file: str | Path | None = ".env", secrets_dir: str | Path | None = None
+) -> Settings:
+    """Read and validate the settings; every problem becomes one line of a ConfigError.
+
+    Sources, strongest first: environment, ``.env`` file, secret files. A secret file is
+    named like its variable (``BRIDGE_AUTH__CLIENT_SECRET``) and lives in ``secrets_dir``:
+    ``BRIDGE_SECRETS_DIR``, else /etc/livestream-bridge/secrets when it exists.
+    """
+    dotenv = _dotenv_names(env_file)
+    problems = [
+        f"{name}: unknown setting (misspelt?)"
+        for name in sorted({*os.environ, *dotenv})
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known_env_names()
+        and name.upper() != "BRIDGE_SECRETS_DIR"
+    ]
+    if problems:
+        # Validating anyway would add confusing "extra input" lines for the same names.
+        raise ConfigError(problems)
+    secrets = secrets_dir or os.environ.get("BRIDGE_SECRETS_DIR") or DEFAULT_SECRETS_DIR
+    try:
+        return Settings(
+            _env_file=env_file,
+            _secrets_dir=secrets if Path(secrets).is_dir() else None,
+        )
+    except ValidationError as exc:
+        lines = [_problem(e) for e in exc.errors(include_input=False)]
+        raise ConfigError([part for line in lines for part in line.split("; ")]) from None
+    except SettingsError as exc:
+        # Raised for unparsable JSON in a dict-valued variable; the message names the
+        # field but may quote the value, so rebuild it from the field name alone.
+        raise ConfigError([_settings_error_line(str(exc))]) from None
+
+
+def _dotenv_names(env_file: str | Path | None) -> set[str]:
+    if env_file is None or not Path(env_file).is_file():
+        return set()
+    return {k for k in dotenv_values(env_file) if k.upper().startswith(ENV_PREFIX)}
+
+
+def _settings_error_line(message: str) -> str:
+    match = re.search(r'field "(\w+)"', message)
+    section = match.group(1) if match else "?"
+    for name in sorted(known_env_names()):
+        body = name.removeprefix(ENV_PREFIX).lower()
+        if body.startswith(section + DELIMITER) and "dict" in str(_field_annotation(body)):
+            return f"{name}: must be a JSON object of strings"
+    return f"{ENV_PREFIX}{section.upper()}{DELIMITER}*: could not be parsed"
+
+
+def _field_annotation(body: str) -> Any:
+    section, field = body.split(DELIMITER, 1)
+    return _sections()[section].model_fields[field].annotation
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by ``***``."""
+    data = settings.model_dump(mode="json")
+    props = data["kafka"]["properties"]
+    for key in props:
+        if any(word in key for word in ("password", "secret", "key", "token")):
+            props[key] = "***"
+    for section, model in _sections().items():
+        for field, info in model.model_fields.items():
+            if "SecretStr" in str(info.annotation) and data[section][field] is not None:
+                data[section][field] = "***"
+    return data

@@ -1,0 +1,326 @@
+"""What an operator sees: Prometheus metrics, JSON logs, and the HTTP endpoint serving
+/metrics, /healthz, /readyz and /status.
+
+Nothing here is module-level state: a ``Metrics`` owns its own registry, so tests and
+several bridges in one process never share counters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from bridge import __version__
+
+PREFIX = "livestream_bridge"
+DLQ_REASONS = ("not_json", "not_object", "oversized", "missing_hit_id")
+ATTEMPT_OUTCOMES = ("connected", "retry", "fatal", "error")
+ATTEMPT_STATUSES = ("none", "200", "302", "400", "401", "404", "405", "406", "409")
+ATTEMPT_STATUSES_5XX = ("500", "502", "503", "504", "505", "other")
+
+
+class Metrics:
+    """Every metric the bridge exports, pre-initialised to zero."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.records_received = Counter(
+            f"{PREFIX}_records_received", "Records read from Live Stream", registry=r
+        )
+        self.records_published = Counter(
+            f"{PREFIX}_records_published", "Records committed to the hits topic", registry=r
+        )
+        self.records_deduplicated = Counter(
+            f"{PREFIX}_records_deduplicated", "Replayed records dropped by hit id", registry=r
+        )
+        self.records_dead_lettered = Counter(
+            f"{PREFIX}_records_dead_lettered",
+            "Malformed records sent to the dead-letter topic",
+            ["reason"],
+            registry=r,
+        )
+        self.bytes_compressed = Counter(
+            f"{PREFIX}_upstream_compressed_bytes", "Bytes read from Live Stream", registry=r
+        )
+        self.bytes_decompressed = Counter(
+            f"{PREFIX}_upstream_decompressed_bytes", "Bytes after gunzip", registry=r
+        )
+        self.connection_attempts = Counter(
+            f"{PREFIX}_upstream_connection_attempts",
+            "Connection attempts to Live Stream",
+            ["outcome", "status"],
+            registry=r,
+        )
+        self.upstream_connected = Gauge(
+            f"{PREFIX}_upstream_connected", "1 while a Live Stream connection is open", registry=r
+        )
+        self.last_record_timestamp = Gauge(
+            f"{PREFIX}_last_record_timestamp_seconds",
+            "Unix time the last record was read",
+            registry=r,
+        )
+        self.hit_freshness = Histogram(
+            f"{PREFIX}_hit_freshness_seconds",
+            "Read time minus the hit's receivedTimeGMT",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            f"{PREFIX}_publish_latency_seconds",
+            "Read time to delivery report",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.producer_queue = Gauge(
+            f"{PREFIX}_producer_queue_messages", "Messages waiting in the producer", registry=r
+        )
+        self.leader = Gauge(f"{PREFIX}_leader", "1 while this replica leads", registry=r)
+        self.leadership_transitions = Counter(
+            f"{PREFIX}_leadership_transitions", "Role changes of this replica", registry=r
+        )
+        self.transactions = Counter(
+            f"{PREFIX}_transactions", "Kafka transactions by result", ["result"], registry=r
+        )
+        self.token_refreshes = Counter(
+            f"{PREFIX}_token_refreshes", "Access token fetches by outcome", ["outcome"], registry=r
+        )
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Build information", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self._preinit()
+
+    def _preinit(self) -> None:
+        # Labelled series only appear once touched; zeros make rate() and alerts work
+        # from the first scrape.
+        for reason in DLQ_REASONS:
+            self.records_dead_lettered.labels(reason=reason)
+        for outcome in ATTEMPT_OUTCOMES:
+            for status in (*ATTEMPT_STATUSES, *ATTEMPT_STATUSES_5XX):
+                self.connection_attempts.labels(outcome=outcome, status=status)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result=result)
+        for outcome in ("ok", "error"):
+            self.token_refreshes.labels(outcome=outcome)
+
+    def attempt(self, outcome: str, status: int | None) -> None:
+        """Count one connection attempt; unknown statuses fold into bounded labels."""
+        label = "none" if status is None else str(status)
+        if label not in ATTEMPT_STATUSES and label not in ATTEMPT_STATUSES_5XX:
+            label = "other"
+        self.connection_attempts.labels(outcome=outcome, status=label).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+@dataclass
+class State:
+    """What /status reports and /healthz, /readyz decide on; updated by the service."""
+
+    identity: str = ""
+    role: str = "starting"
+    leader_identity: str | None = None
+    role_since: float = field(default_factory=time.time)
+    upstream: str = "idle"
+    last_record_at: float | None = None
+    ready: bool = False
+    counters: Callable[[], dict[str, float]] | None = None
+    _beats: dict[str, tuple[float, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def set_role(self, role: str, leader: str | None) -> None:
+        with self._lock:
+            if role != self.role:
+                self.role_since = time.time()
+            self.role, self.leader_identity = role, leader
+
+    def beat(self, loop: str, allowed_s: float) -> None:
+        """Record that ``loop`` is alive; it must beat again within ``allowed_s``."""
+        with self._lock:
+            self._beats[loop] = (time.monotonic(), allowed_s)
+
+    def forget(self, loop: str) -> None:
+        with self._lock:
+            self._beats.pop(loop, None)
+
+    def stale_loops(self) -> list[str]:
+        now = time.monotonic()
+        with self._lock:
+            return [n for n, (t, allowed) in self._beats.items() if now - t > allowed]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = {
+                "identity": self.identity,
+                "role": self.role,
+                "leader": self.leader_identity,
+                "role_since": self.role_since,
+                "seconds_in_role": round(time.time() - self.role_since, 3),
+                "upstream": self.upstream,
+                "last_record_at": self.last_record_at,
+                "ready": self.ready,
+                "version": __version__,
+            }
+        out["stale_loops"] = self.stale_loops()
+        out["counters"] = self.counters() if self.counters else {}
+        return out
+
+
+class HttpEndpoint:
+    """/metrics, /healthz, /readyz and /status on one small stdlib server."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        state: State,
+        ready: Callable[[], bool],
+    ) -> None:
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                endpoint._serve(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # probes every few seconds would drown the real log lines
+
+        self.metrics, self.state, self.ready = metrics, state, ready
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _serve(self, req: BaseHTTPRequestHandler) -> None:
+        path = req.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(req, HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            stale = self.state.stale_loops()
+            body = {"ok": not stale, "stale_loops": stale}
+            self._json(req, HTTPStatus.OK if not stale else HTTPStatus.SERVICE_UNAVAILABLE, body)
+        elif path == "/readyz":
+            ok = self.ready()
+            self._json(req, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"ok": ok})
+        elif path == "/status":
+            self._json(req, HTTPStatus.OK, self.state.snapshot())
+        else:
+            self._json(req, HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def _json(self, req: BaseHTTPRequestHandler, status: HTTPStatus, body: object) -> None:
+        self._send(req, status, json.dumps(body).encode(), "application/json")
+
+    @staticmethod
+    def _send(req: BaseHTTPRequestHandler, status: HTTPStatus, body: bytes, ctype: str) -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", ctype)
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        req.wfile.write(body)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info and record.exc_info[0] is not None:
+            out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return json.dumps(out, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
+        if record.exc_info and record.exc_info[0] is not None:
+            line += f" error={record.exc_info[0].__name__}: {record.exc_info[1]}"
+        return line
+
+
+class _Redactor(logging.Filter):
+    """Last line of defence: no configured secret value ever leaves in a log line."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        text = record.getMessage()
+        fields = getattr(record, "fields", None)
+        blob = text + (json.dumps(fields, default=str) if fields else "")
+        if any(s in blob for s in self.secrets):
+            for s in self.secrets:
+                text = text.replace(s, "***")
+            record.msg, record.args = text, None
+            if fields:
+                record.fields = json.loads(_redact(json.dumps(fields, default=str), self.secrets))
+        return True
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def configure_logging(fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
+    """Send every log line to stdout as JSON (or text), with secret values redacted."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
+    handler.addFilter(_Redactor(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # librdkafka and httpx are chatty at INFO; their problems surface through our own lines.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class EventLog:
+    """A logger whose lines are an event name plus structured fields."""
+
+    def __init__(self, name: str) -> None:
+        self._log = logging.getLogger(name)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log.debug(event, extra={"fields": fields})
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log.info(event, extra={"fields": fields})
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log.warning(event, extra={"fields": fields})
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log.error(event, extra={"fields": fields})

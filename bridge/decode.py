@@ -1,0 +1,138 @@
+"""Turn the raw body of one Live Stream connection into records.
+
+The body is one or more gzip members back to back; once gunzipped it is JSON records
+separated by CRLF (LF alone is accepted too). A record may be split anywhere across the
+chunks the network delivers, and so may a gzip member. Each record's bytes are passed on
+exactly as Adobe sent them, less the line ending: nothing is parsed or re-serialised here,
+so changes of field formatting on Adobe's side cannot break the bridge.
+
+Memory stays bounded whatever arrives: gunzip runs in steps of at most ``_STEP`` output
+bytes (a tiny compressed chunk can expand a thousandfold), and a record longer than
+``max_record_bytes`` is kept only as its first ``max_record_bytes`` bytes while the rest is
+counted and dropped as it streams in.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from bridge.errors import UpstreamLost
+
+_GZIP_WBITS = 31  # zlib: gzip header and trailer, 32 KiB window
+_STEP = 1 << 20  # most bytes gunzipped in one step
+
+
+class OversizedRecord(bytes):
+    """The first ``max_record_bytes`` bytes of a longer record; ``size`` is its true length."""
+
+    size: int
+
+    def __new__(cls, head: bytes, size: int) -> OversizedRecord:
+        obj = super().__new__(cls, head)
+        obj.size = size
+        return obj
+
+    def __repr__(self) -> str:
+        return f"OversizedRecord(head={len(self)} bytes, size={self.size})"
+
+    def __reduce__(self) -> tuple[type[OversizedRecord], tuple[bytes, int]]:
+        return (OversizedRecord, (bytes(self), self.size))
+
+
+class RecordDecoder:
+    """Incremental gunzip and record framing for one connection's body.
+
+    ``feed`` takes raw (still compressed) body bytes and returns the records they complete.
+    A corrupt stream raises ``UpstreamLost("corrupt gzip stream")``; the decoder is then
+    unusable, which is fine: a new connection gets a new decoder.
+    """
+
+    def __init__(self, max_record_bytes: int) -> None:
+        if max_record_bytes < 1:
+            raise ValueError("max_record_bytes must be positive")
+        self.max_record_bytes = max_record_bytes
+        self.decompressed_bytes = 0
+        self._inflate: zlib._Decompress | None = None  # None: the next byte starts a member
+        self._partial = bytearray()  # start of a record whose end has not arrived yet
+        # Set while the current record is too long: its head and how long it is so far.
+        self._big_head: bytes | None = None
+        self._big_size = 0
+        self._big_ends_cr = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Decompressed bytes of an unfinished record held back (lost if the stream ends)."""
+        return len(self._partial) + self._big_size
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Gunzip ``data`` and return every record it completes, in order."""
+        out: list[bytes] = []
+        pending = data
+        while True:
+            inflate = self._inflate
+            if inflate is None:
+                if not pending:
+                    break
+                inflate = self._inflate = zlib.decompressobj(_GZIP_WBITS)
+            try:
+                piece = inflate.decompress(pending, _STEP)
+            except zlib.error:
+                raise UpstreamLost("corrupt gzip stream") from None
+            if piece:
+                self.decompressed_bytes += len(piece)
+                self._frame(piece, out)
+            if inflate.eof:  # member done; whatever follows starts the next one
+                pending = inflate.unused_data
+                self._inflate = None
+            elif len(piece) < _STEP:  # zlib needs more input
+                break
+            else:  # step full: go on with the rest (b"" still drains zlib's own buffer)
+                pending = inflate.unconsumed_tail
+        return out
+
+    def _frame(self, piece: bytes, out: list[bytes]) -> None:
+        limit = self.max_record_bytes
+        lines = piece.split(b"\n")
+        tail = lines.pop()  # after the last LF: the start of an unfinished record
+        if lines:
+            first = lines[0]
+            if self._big_head is not None:
+                self._finish_big(first, out)
+                lines[0] = b""
+            elif self._partial:
+                self._partial += first
+                lines[0] = bytes(self._partial)
+                self._partial = bytearray()
+            for line in lines:
+                record = line[:-1] if line.endswith(b"\r") else line
+                if not record:
+                    continue
+                if len(record) > limit:
+                    out.append(OversizedRecord(record[:limit], len(record)))
+                else:
+                    out.append(record)
+        if tail:
+            self._grow(tail)
+
+    def _grow(self, tail: bytes) -> None:
+        limit = self.max_record_bytes
+        if self._big_head is not None:
+            self._big_size += len(tail)
+            self._big_ends_cr = tail.endswith(b"\r")
+            return
+        self._partial += tail
+        # One byte of slack: a record of exactly ``limit`` bytes may still be followed by CR.
+        if len(self._partial) > limit + 1:
+            self._big_head = bytes(self._partial[:limit])
+            self._big_size = len(self._partial)
+            self._big_ends_cr = self._partial.endswith(b"\r")
+            self._partial = bytearray()
+
+    def _finish_big(self, last: bytes, out: list[bytes]) -> None:
+        assert self._big_head is not None
+        size = self._big_size + len(last)
+        ends_cr = last.endswith(b"\r") if last else self._big_ends_cr
+        if ends_cr:
+            size -= 1
+        out.append(OversizedRecord(self._big_head, size))
+        self._big_head, self._big_size, self._big_ends_cr = None, 0, False

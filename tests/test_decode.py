@@ -1,0 +1,178 @@
+"""RecordDecoder: incremental gunzip and CRLF/LF framing of a Live Stream body."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.decode import OversizedRecord, RecordDecoder
+from bridge.errors import UpstreamLost
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def decode_all(decoder: RecordDecoder, chunks: list[bytes]) -> list[bytes]:
+    out: list[bytes] = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+    return out
+
+
+def cut(data: bytes, points: list[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (any order, duplicates allowed)."""
+    edges = sorted({0, len(data), *(p % (len(data) + 1) for p in points)})
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def gzip_members(body: bytes, splits: list[int]) -> bytes:
+    """``body`` compressed as several gzip members back to back, cut at ``splits``."""
+    return b"".join(gzip.compress(part, compresslevel=6) for part in cut(body, splits) or [b""])
+
+
+# Records as Adobe might send them: JSON-ish text with inner spaces, unicode, empties.
+record_text = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_characters="\r\n"),
+    max_size=80,
+)
+records_st = st.lists(record_text.map(lambda s: s.encode()), max_size=40)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=records_st,
+    crlf=st.lists(st.booleans(), min_size=40, max_size=40),
+    member_splits=st.lists(st.integers(min_value=0, max_value=10_000), max_size=4),
+    chunk_splits=st.lists(st.integers(min_value=0, max_value=10_000), max_size=30),
+)
+def test_any_split_reassembles_records(
+    records: list[bytes], crlf: list[bool], member_splits: list[int], chunk_splits: list[int]
+) -> None:
+    """Any cut of a one- or many-member gzip stream yields exactly the non-empty records."""
+    body = b"".join(r + (b"\r\n" if crlf[i] else b"\n") for i, r in enumerate(records))
+    compressed = gzip_members(body, member_splits)
+    decoder = RecordDecoder(max_record_bytes=10_000)
+    got = decode_all(decoder, cut(compressed, chunk_splits))
+    assert got == [r for r in records if r]
+    assert not any(isinstance(r, OversizedRecord) for r in got)
+    assert decoder.decompressed_bytes == len(body)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=12),
+    limit=st.integers(min_value=1, max_value=120),
+    crlf=st.booleans(),
+    chunk_splits=st.lists(st.integers(min_value=0, max_value=5_000), max_size=40),
+)
+def test_oversized_records_keep_framing(
+    sizes: list[int], limit: int, crlf: bool, chunk_splits: list[int]
+) -> None:
+    """Records over the limit come out once as OversizedRecord(head, true size) and the
+    records after them are framed exactly."""
+    records = [bytes([65 + i % 26]) * n for i, n in enumerate(sizes)]
+    end = b"\r\n" if crlf else b"\n"
+    compressed = gzip.compress(b"".join(r + end for r in records))
+    got = decode_all(RecordDecoder(limit), cut(compressed, chunk_splits))
+    expected = [r for r in records if r]
+    assert len(got) == len(expected)
+    for want, have in zip(expected, got, strict=True):
+        if len(want) > limit:
+            assert isinstance(have, OversizedRecord)
+            assert have.size == len(want)
+            assert bytes(have) == want[:limit]
+        else:
+            assert not isinstance(have, OversizedRecord)
+            assert have == want
+
+
+def test_record_of_exactly_the_limit_is_not_oversized() -> None:
+    """A record of exactly max_record_bytes followed by CRLF split before the CR is whole."""
+    record = b"x" * 1024
+    compressed = gzip.compress(record + b"\r\n" + b"next\r\n")
+    chunks = []
+    inflate_split = RecordDecoder(1024)
+    # Feed byte by byte so the CR arrives alone after the full record.
+    for i in range(len(compressed)):
+        chunks.extend(inflate_split.feed(compressed[i : i + 1]))
+    assert chunks == [record, b"next"]
+    assert not isinstance(chunks[0], OversizedRecord)
+
+
+def test_record_bytes_are_untouched() -> None:
+    """Inner spaces, tabs, unicode and a trailing space survive; only the CR goes."""
+    record = '{ "pageName" : "caf\u00e9 \u2603",\t"x": [1, 2] } '.encode()
+    got = RecordDecoder(4096).feed(gzip.compress(record + b"\r\n"))
+    assert got == [record]
+
+
+def test_unfinished_record_is_held_back() -> None:
+    """A record without its line end is not returned and counts as buffered."""
+    decoder = RecordDecoder(4096)
+    assert decoder.feed(gzip.compress(b'{"a":1}\r\n{"b"')) == [b'{"a":1}']
+    assert decoder.buffered_bytes == 4
+
+
+def test_decompression_bomb_stays_bounded() -> None:
+    """A huge compressible record is reported with its size while memory stays bounded."""
+    size = 64_000_000
+    inflate = zlib.compressobj(9, wbits=31)
+    compressed = inflate.compress(b"a" * size) + inflate.compress(b"\nok\n") + inflate.flush()
+    decoder = RecordDecoder(2048)
+    got = decoder.feed(compressed)
+    assert got == [b"a" * 2048, b"ok"]
+    assert isinstance(got[0], OversizedRecord)
+    assert got[0].size == size
+    assert decoder.buffered_bytes == 0
+
+
+def test_oversized_repr_hides_content() -> None:
+    """The repr of an OversizedRecord names sizes, not the (possibly huge) content."""
+    rec = OversizedRecord(b"secretish" * 10, 5000)
+    assert repr(rec) == "OversizedRecord(head=90 bytes, size=5000)"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not gzip at all",
+        gzip.compress(b"ok\n")[:-8] + b"\x00" * 8,
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\x07\x00",
+    ],
+)
+def test_corrupt_gzip_raises_upstream_lost(garbage: bytes) -> None:
+    """Bytes that are not a valid gzip stream raise UpstreamLost('corrupt gzip stream')."""
+    with pytest.raises(UpstreamLost, match="corrupt gzip stream"):
+        RecordDecoder(1024).feed(garbage)
+
+
+def test_garbage_after_a_member_raises() -> None:
+    """Non-gzip bytes after a complete member are a corrupt stream, not silently ignored."""
+    decoder = RecordDecoder(1024)
+    assert decoder.feed(gzip.compress(b"one\n")) == [b"one"]
+    with pytest.raises(UpstreamLost, match="corrupt gzip stream"):
+        decoder.feed(b"<html>oops</html>")
+
+
+def test_bench_script_prints_rates() -> None:
+    """bench/decode.py runs at a tiny size and prints MB/s figures and a ratio."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "decode.py"), "--mb", "0.5", "--repeat", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines = {line.split(":")[0]: line.split(":", 1)[1] for line in result.stdout.splitlines()}
+    assert float(lines["bridge RecordDecoder.feed"].split()[0]) > 0
+    assert float(lines["bare zlib decompress"].split()[0]) > 0
+    assert float(lines["ratio bridge/zlib"]) > 0

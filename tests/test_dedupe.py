@@ -1,0 +1,195 @@
+"""HitIdWindow and the hit-id helpers: exactness, coverage and the id text rules."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.dedupe import (
+    HitIdWindow,
+    hit_id_key,
+    hit_id_key_from_text,
+    hit_id_text,
+)
+
+U64 = (1 << 64) - 1
+
+
+class ReferenceWindow:
+    """The model: every id ever inserted (for false positives) and the last ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.recent: deque[tuple[int, int]] = deque()
+        self.recent_set: set[tuple[int, int]] = set()
+        self.ever: set[tuple[int, int]] = set()
+
+    def add(self, hit_id: tuple[int, int]) -> None:
+        self.ever.add(hit_id)
+        self.recent.append(hit_id)
+        self.recent_set.add(hit_id)
+        if len(self.recent) > self.capacity:
+            self.recent_set.discard(self.recent.popleft())
+
+
+def _check_against_model(window: HitIdWindow, ops: list[tuple[int, int]]) -> None:
+    model = ReferenceWindow(window.capacity)
+    for hit_id in ops:
+        seen = window.seen_or_add(*hit_id)
+        if hit_id in model.recent_set:
+            assert seen, f"{hit_id} is among the last {window.capacity} ids but was not detected"
+        if seen:
+            assert hit_id in model.ever, f"false positive for {hit_id}"
+        else:
+            model.add(hit_id)
+        for recent in model.recent:
+            assert recent in window, f"{recent} forgotten while within capacity"
+
+
+# Small id spaces make repeats (and so the interesting cases) frequent.
+small_ids = st.tuples(st.integers(0, 3), st.integers(0, 40))
+wide_ids = st.tuples(st.integers(0, U64), st.integers(0, U64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(1, 40),
+    epochs=st.integers(1, 6),
+    bucket=st.integers(1, 8),
+    ops=st.lists(st.one_of(small_ids, wide_ids), max_size=400),
+)
+def test_window_matches_reference_model(
+    capacity: int, epochs: int, bucket: int, ops: list[tuple[int, int]]
+) -> None:
+    """Against a deque+set model: never a false positive, every id in the last capacity found."""
+    _check_against_model(HitIdWindow(capacity, epochs=epochs, bucket=bucket, load=1.0), ops)
+
+
+@settings(max_examples=50, deadline=None)
+@given(capacity=st.integers(1, 300), seed=st.integers(0, 2**32))
+def test_rotation_keeps_the_last_capacity_ids(capacity: int, seed: int) -> None:
+    """Across many epoch rotations every id of the last ``capacity`` inserts stays detected."""
+    import random
+
+    rng = random.Random(seed)
+    window = HitIdWindow(capacity, epochs=4, bucket=4)
+    inserted: list[tuple[int, int]] = []
+    for _ in range(capacity * 9 + 7):
+        hit_id = (rng.getrandbits(64), rng.getrandbits(64))
+        assert not window.seen_or_add(*hit_id)
+        inserted.append(hit_id)
+        for recent in inserted[-capacity:]:
+            assert recent in window
+    epochs = min(4, capacity)
+    assert capacity <= len(window) < (epochs + 1) * -(-capacity // epochs)
+
+
+def test_full_buckets_spill_to_the_stash_without_forgetting() -> None:
+    """With two one-slot buckets, ids that do not fit go to the stash and are still exact."""
+    window = HitIdWindow(20, epochs=2, bucket=1, load=1.0)
+    window._nb = 2  # squeeze the table to two slots (the buffers are larger; harmless)
+    ids = [(7, n) for n in range(20)]
+    for hit_id in ids:
+        assert not window.seen_or_add(*hit_id)
+    assert window.stats()["stashed_total"] > 0
+    assert all(window.seen_or_add(*hit_id) for hit_id in ids)
+    assert not window.seen_or_add(7, 1000)
+
+
+def test_zero_id_is_remembered_and_distinct() -> None:
+    """The all-zero id, which looks like an empty slot, is handled exactly."""
+    window = HitIdWindow(10)
+    assert (0, 0) not in window
+    assert not window.seen_or_add(0, 0)
+    assert window.seen_or_add(0, 0)
+    assert not window.seen_or_add(0, 1)
+    assert not window.seen_or_add(1, 0)
+
+
+def test_seed_and_len() -> None:
+    """seed() remembers ids oldest first and reports how many were new; len counts them."""
+    window = HitIdWindow(100)
+    assert window.seed([(1, 2), (3, 4), (1, 2)]) == 2
+    assert len(window) == 2
+    assert window.seen_or_add(3, 4)
+    assert not window.seen_or_add(5, 6)
+    assert len(window) == 3
+
+
+def test_default_capacity_is_about_19_bytes_per_id() -> None:
+    """The default window's table stays near 19 bytes per id (114 MB for 6M ids)."""
+    window = HitIdWindow()
+    try:
+        assert window.nbytes / window.capacity < 19.5
+    finally:
+        window.close()
+
+
+def test_rejects_bad_parameters() -> None:
+    """Nonsense sizes are refused at construction."""
+    with pytest.raises(ValueError):
+        HitIdWindow(0)
+    with pytest.raises(ValueError):
+        HitIdWindow(10, bucket=0)
+    with pytest.raises(ValueError):
+        HitIdWindow(10, epochs=0)
+
+
+@pytest.mark.parametrize(
+    ("high", "low", "expected"),
+    [
+        (1, 2, (1, 2)),
+        ("1", "2", (1, 2)),
+        (1, "2", (1, 2)),
+        ("007", 5, (7, 5)),
+        (U64, "18446744073709551615", (U64, U64)),
+        (1000.0, 3, (1000, 3)),
+        (None, 1, None),
+        (1, None, None),
+        ("", "1", None),
+        (1.5, 1, None),
+        (1.8446744073709552e19, 1, None),
+    ],
+)
+def test_hit_id_key_numbers_and_missing(high: object, low: object, expected: object) -> None:
+    """Numbers and digit strings are the same id; missing, empty and inexact parts give None."""
+    assert hit_id_key(high, low) == expected
+
+
+def test_hit_id_key_hashes_other_text() -> None:
+    """Text that is not a 64-bit number is hashed: stable, distinct and 64-bit."""
+    a = hit_id_key("abc", "1")
+    b = hit_id_key("abc", "2")
+    assert a is not None and b is not None
+    assert a != b
+    assert a == hit_id_key("abc", 1)
+    assert all(0 <= part <= U64 for part in a)
+    assert hit_id_key(-5, 1) == hit_id_key("-5", "1") != hit_id_key(5, 1)
+    assert hit_id_key(U64 + 1, 1) == hit_id_key(str(U64 + 1), "1")
+    assert hit_id_key(True, 1) == hit_id_key("true", "1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    high=st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=12), st.booleans()),
+    low=st.one_of(st.integers(0, U64), st.text(max_size=12)),
+)
+def test_header_text_round_trips_to_the_same_key(high: object, low: object) -> None:
+    """The key read back from a ``hit-id`` header equals the key of the record's values."""
+    text = hit_id_text(high, low)
+    key = hit_id_key(high, low)
+    if text is None:
+        assert key is None
+    else:
+        assert hit_id_key_from_text(text) == key
+
+
+def test_hit_id_text_prints_values_as_they_appear() -> None:
+    """Numbers print as integers, strings as they are."""
+    assert hit_id_text(12, 34) == "12:34"
+    assert hit_id_text("0012", "x") == "0012:x"
+    assert hit_id_text(3.0, 4) == "3:4"
+    assert hit_id_text(None, 4) is None

@@ -26,7 +26,19 @@ from bridge import __version__
 PREFIX = "livestream_bridge"
 DLQ_REASONS = ("not_json", "not_object", "oversized", "missing_hit_id")
 ATTEMPT_OUTCOMES = ("connected", "retry", "fatal", "error")
-ATTEMPT_STATUSES = ("none", "200", "302", "400", "401", "404", "405", "406", "409")
+ATTEMPT_STATUSES = (
+    "none",
+    "200",
+    "302",
+    "400",
+    "401",
+    "403",
+    "404",
+    "405",
+    "406",
+    "409",
+    "429",
+)
 ATTEMPT_STATUSES_5XX = ("500", "502", "503", "504", "505", "other")
 
 

@@ -107,7 +107,7 @@ class BridgeProc:
         }
         out = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "run", "--env-file", "/nonexistent"],
+            [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -215,7 +215,11 @@ def wait_for_all(
     last: list[Verdict] = []
 
     def complete() -> bool:
-        v = verdict(emitted(), read_all(bootstrap, topic, timeout=60))
+        try:
+            records = read_all(bootstrap, topic, timeout=60)
+        except AssertionError:  # the bridge has not created the topic yet
+            return False
+        v = verdict(emitted(), records)
         last[:] = [v]
         return not v.lost and v.emitted > 0
 

@@ -1,0 +1,197 @@
+"""The ``livestream-bridge`` command.
+
+Exit codes (also in the README):
+    0  stopped cleanly
+    1  unexpected error (a bug, or an unexpected Kafka failure)
+    2  configuration error: bad setting, Kafka refused credentials, topic missing
+    3  Live Stream refused us for good: 400/405/406/505, persistent 404, IMS refused credentials
+    4  election backend unusable
+  130  interrupted twice
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import urllib.request
+from collections.abc import Sequence
+from types import FrameType
+
+from bridge import __version__
+from bridge.config import Settings, load_settings, masked
+from bridge.errors import (
+    AuthError,
+    ConfigError,
+    ElectionError,
+    FatalUpstreamError,
+    KafkaSetupError,
+)
+
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG, EXIT_UPSTREAM, EXIT_ELECTION = 0, 1, 2, 3, 4
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    code: int = args.handler(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="livestream-bridge",
+        description="Adobe Analytics Live Stream to Kafka, as a hot-standby pair.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--env-file", default=".env", help="optional .env file (default .env)")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the bridge").set_defaults(handler=_run)
+    sub.add_parser(
+        "check-config", help="validate settings and print them with secrets masked"
+    ).set_defaults(handler=_check_config)
+    tail = sub.add_parser("tail", help="print hits from the topic as they arrive")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=0, help="stop after this many (0: never)")
+    tail.set_defaults(handler=_tail)
+    health = sub.add_parser("health", help="exit 0 when the local bridge is healthy")
+    health.add_argument("--url", default=None, help="default: http://127.0.0.1:$BRIDGE_HTTP__PORT")
+    health.set_defaults(handler=_health)
+    simulate = sub.add_parser("simulate", help="run the Live Stream simulator")
+    from bridge import simulator
+
+    simulator.add_arguments(simulate)
+    simulate.set_defaults(handler=simulator.run)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings | int:
+    try:
+        return load_settings(env_file=args.env_file)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"configuration error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if isinstance(settings, int):
+        return settings
+    print(json.dumps(masked(settings), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if isinstance(settings, int):
+        return settings
+    from bridge.observability import EventLog, configure_logging
+    from bridge.service import Bridge
+
+    configure_logging(settings.log.format, settings.log.level, _secret_values(settings))
+    log = EventLog("bridge.cli")
+    stop = threading.Event()
+    _install_signals(stop)
+    try:
+        Bridge(settings).run(stop)
+    except (KafkaSetupError, ConfigError) as exc:
+        log.error("bridge.config_error", error=str(exc))
+        return EXIT_CONFIG
+    except (FatalUpstreamError, AuthError) as exc:
+        log.error("bridge.upstream_fatal", error=str(exc))
+        return EXIT_UPSTREAM
+    except ElectionError as exc:
+        log.error("bridge.election_error", error=str(exc))
+        return EXIT_ELECTION
+    except Exception as exc:
+        log.error("bridge.crashed", error=f"{type(exc).__name__}: {exc}")
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _secret_values(settings: Settings) -> list[str]:
+    values = [
+        settings.auth.client_secret,
+        settings.auth.access_token,
+        settings.kafka.sasl_password,
+    ]
+    out = [v.get_secret_value() for v in values if v is not None]
+    out += [v for k, v in settings.kafka.properties.items() if "password" in k or "secret" in k]
+    return out
+
+
+def _install_signals(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            os._exit(130)  # a second signal: the operator wants out now
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if isinstance(settings, int):
+        return settings
+    from confluent_kafka import Consumer, KafkaError
+
+    stop = threading.Event()
+    _install_signals(stop)
+    conf = settings.kafka.client_config()
+    conf.update(
+        {
+            "group.id": f"livestream-bridge-tail-{os.getpid()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": "false",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+        }
+    )
+    consumer = Consumer(conf)
+    consumer.subscribe([settings.kafka.topic])
+    seen = 0
+    try:
+        while not stop.is_set() and (args.max == 0 or seen < args.max):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    print(f"tail: {error}", file=sys.stderr)
+                continue
+            seen += 1
+            headers = dict(msg.headers() or [])
+            hit = _text(headers.get("hit-id"))
+            print(f"p{msg.partition()}@{msg.offset()} hit={hit} key={_text(msg.key())}", flush=True)
+    finally:
+        consumer.close()
+    return EXIT_OK
+
+
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def _health(args: argparse.Namespace) -> int:
+    port = os.environ.get("BRIDGE_HTTP__PORT", "8080")
+    url = args.url or f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - local probe URL
+            return EXIT_OK if answer.status == 200 else EXIT_ERROR
+    except OSError as exc:
+        print(f"health: {url}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

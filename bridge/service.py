@@ -1,0 +1,318 @@
+"""The bridge as one running service: election drives the pipeline.
+
+    standby -> elected -> init_transactions (fences the old writer) -> seed dedupe
+            -> wait what is left of the reconnect grace -> connect -> pump
+            -> lost leadership / fenced: stop reading, close upstream, abort -> standby
+            -> SIGTERM: stop reading, publish what was read, commit, release -> exit 0
+
+Two threads carry the data while leading. The *reader* (``Upstream.run``) only moves
+compressed bytes from the socket into a queue bounded in bytes; the *pump* (the main
+thread) gunzips, frames, publishes and commits. Keeping the socket read on its own thread
+means a blocked read never delays a commit, and a full queue pushes back on the socket
+instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import httpx
+
+from bridge.auth import make_token_provider
+from bridge.config import Settings
+from bridge.decode import RecordDecoder
+from bridge.election import make_election
+from bridge.election.base import Election, Term
+from bridge.errors import FencedError, PublishError, UpstreamLost
+from bridge.livestream import Upstream
+from bridge.observability import EventLog, HttpEndpoint, Metrics, State
+from bridge.publish import Publisher
+
+_OPEN, _DATA, _CLOSE = 0, 1, 2
+_IDLE_TICK_S = 0.05
+
+
+@dataclass
+class _Item:
+    kind: int
+    connection: int
+    data: bytes = b""
+    reason: str = ""
+
+
+class _ChunkQueue:
+    """Reader-to-pump hand-over, bounded by the bytes it holds (back-pressure)."""
+
+    def __init__(self, max_bytes: int, deposed: threading.Event) -> None:
+        self._items: deque[_Item] = deque()
+        self._bytes = 0
+        self._max = max_bytes
+        self._deposed = deposed
+        self._cond = threading.Condition()
+        # Set when the pump wants the current connection gone. A reader blocked on a full
+        # queue must not stay blocked (the close should be a clean FIN, not a forced reset),
+        # and the chunk in its hand was already delivered by Live Stream, so it is queued
+        # over the bound rather than dropped: one chunk at most, as no byte read after the
+        # disconnect reaches the sink.
+        self.cut = threading.Event()
+
+    def put(self, item: _Item) -> bool:
+        """Queue ``item``; blocks while full. False once we are deposed (drop it all)."""
+        with self._cond:
+            while self._bytes >= self._max and item.kind == _DATA and not self.cut.is_set():
+                if self._deposed.is_set():
+                    return False
+                self._cond.wait(_IDLE_TICK_S)
+            self._items.append(item)
+            self._bytes += len(item.data)
+            self._cond.notify_all()
+        return True
+
+    def get(self, timeout: float) -> _Item | None:
+        with self._cond:
+            if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
+                return None
+            item = self._items.popleft()
+            self._bytes -= len(item.data)
+            self._cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+
+class _Sink:
+    """The ChunkSink the reader thread writes to."""
+
+    def __init__(self, queue: _ChunkQueue, bridge: Bridge, halt: threading.Event) -> None:
+        self.queue, self.bridge, self.halt = queue, bridge, halt
+
+    def ready(self, timeout: float) -> bool:
+        # Reconnecting while Kafka cannot take data would only fill the queue again and
+        # then drop the connection again: a reconnect storm by another name.
+        if self.bridge.publisher.unreachable_for() == 0.0:
+            return True
+        self.halt.wait(timeout)
+        return False
+
+    def opened(self, connection_id: int) -> None:
+        self.queue.cut.clear()
+        self.queue.put(_Item(_OPEN, connection_id))
+        self.bridge.state.upstream = "streaming"
+        self.bridge.election.announce_connected()
+
+    def chunk(self, data: bytes) -> bool:
+        return self.queue.put(_Item(_DATA, 0, data))
+
+    def closed(self, connection_id: int, reason: str) -> None:
+        self.queue.put(_Item(_CLOSE, connection_id, reason=reason))
+        self.bridge.state.upstream = "reconnecting"
+
+
+class Bridge:
+    """One replica: HTTP endpoint, election, and the pipeline while leading."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.state = State(identity=settings.election.identity)
+        self.log = EventLog("bridge.service")
+        self.http = httpx.Client(
+            timeout=httpx.Timeout(
+                settings.livestream.connect_timeout_s,
+                read=settings.livestream.stall_timeout_s,
+            ),
+            follow_redirects=False,
+        )
+        self.tokens = make_token_provider(settings.auth, self.http, self.metrics)
+        self.upstream = Upstream(
+            settings.livestream, settings.auth, self.tokens, self.metrics, http=self.http
+        )
+        self.publisher = Publisher(settings.kafka, settings.publish, self.metrics)
+        self.election: Election = make_election(settings, self.metrics, self.state)
+        self.state.counters = lambda: self.publisher.counters
+        self.endpoint = HttpEndpoint(
+            settings.http.host, settings.http.port, self.metrics, self.state, self._ready
+        )
+        self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._queue: _ChunkQueue | None = None
+        self._halt: threading.Event | None = None
+
+    def _ready(self) -> bool:
+        # Ready means "can do its job if elected": settings loaded and Kafka answering. Tying
+        # readiness to leadership would keep a rolling update from ever finding a ready pod.
+        checked_at, ok = self._ready_cache
+        if time.monotonic() - checked_at > 2.0:
+            ok = self.publisher.reachable(timeout=2.0)
+            self._ready_cache = (time.monotonic(), ok)
+        return ok
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set; raises what the CLI turns into exit codes."""
+        self.endpoint.start()
+        self.log.info("bridge.start", identity=self.state.identity, port=self.endpoint.port)
+        try:
+            self.publisher.ensure_topics()
+            self.state.ready = True
+            self.election.start()
+            while not stop.is_set():
+                self.state.upstream = "standby"
+                term = self.election.wait_for_leadership(stop)
+                if term is None:
+                    break
+                self._lead(term, stop)
+        finally:
+            self.election.close()
+            self.endpoint.stop()
+            self.http.close()
+            self.log.info("bridge.stop", identity=self.state.identity)
+
+    def _lead(self, term: Term, stop: threading.Event) -> None:
+        halt = self._halt = threading.Event()
+        watcher = threading.Thread(
+            target=_halt_when, args=(halt, stop, term.lost), name="halt-watch", daemon=True
+        )
+        watcher.start()
+        elected_at = time.monotonic()
+        if not self._begin(term, halt):
+            halt.set()
+            return
+        grace = term.grace_s(self.settings.livestream.reconnect_grace_s)
+        first_delay = max(0.0, grace - (time.monotonic() - elected_at))
+        self.log.info("bridge.leading", term=term.number, first_connect_in_s=round(first_delay, 3))
+        queue = self._queue = _ChunkQueue(self.settings.livestream.queue_bytes, term.lost)
+        failure: list[BaseException] = []
+        reader = threading.Thread(
+            target=self._read,
+            args=(_Sink(queue, self, halt), halt, first_delay, failure),
+            name="upstream-reader",
+            daemon=True,
+        )
+        reader.start()
+        fenced = False
+        try:
+            self._pump(queue, halt)
+        except FencedError as exc:
+            fenced = True
+            self.log.warning("bridge.fenced", term=term.number, error=str(exc))
+        finally:
+            halt.set()
+            self._cut(queue, "shutdown" if stop.is_set() else "leadership ended")
+            reader.join()
+        # Shutdown, or an upstream error that ends the process: either way we still lead, so
+        # finish the work in hand. Only a deposed writer must not write another byte.
+        if not term.lost.is_set() and not fenced:
+            # Everything already read is published before we let go: Live Stream counts it
+            # as delivered, so dropping it here would lose it.
+            self._drain(queue)
+            self.publisher.close(self.settings.publish.shutdown_timeout_s)
+            self.election.release(clean=self.upstream.last_close_clean)
+        else:
+            self.publisher.abort()
+        self.state.upstream = "standby"
+        if failure:
+            raise failure[0]
+
+    def _begin(self, term: Term, halt: threading.Event) -> bool:
+        """init_transactions (fencing the old writer) and seed; retried while Kafka is down."""
+        while not halt.is_set():
+            try:
+                self.publisher.begin(term.fencing)
+                return True
+            except FencedError as exc:
+                self.log.warning("bridge.fenced_at_start", term=term.number, error=str(exc))
+                return False
+            except PublishError as exc:
+                self.log.warning("bridge.kafka_unavailable", term=term.number, error=str(exc))
+                halt.wait(1.0)
+        return False
+
+    def _read(
+        self, sink: _Sink, halt: threading.Event, first_delay: float, failure: list[BaseException]
+    ) -> None:
+        try:
+            self.upstream.run(sink, halt, first_delay=first_delay)
+        except BaseException as exc:  # handed to the main thread, which decides the exit code
+            failure.append(exc)
+            halt.set()
+
+    def _pump(self, queue: _ChunkQueue, halt: threading.Event) -> None:
+        publish = self.publisher
+        outage_s = self.settings.publish.kafka_outage_s
+        beat_allowance = max(30.0, 3 * self.settings.publish.kafka_outage_s)
+        decoder: RecordDecoder | None = None
+        while not halt.is_set():
+            self.state.beat("pump", beat_allowance)
+            item = queue.get(_IDLE_TICK_S)
+            if item is not None:
+                decoder = self._handle(item, decoder)
+            publish.maybe_commit()
+            if publish.unreachable_for() > outage_s and self.upstream.state == "streaming":
+                self.log.warning("bridge.kafka_outage", unreachable_s=publish.unreachable_for())
+                self._cut(queue, "kafka unreachable")
+        self.state.forget("pump")
+
+    def _publish_through_outage(self, record: bytes, received_at: float) -> None:
+        """Kafka stayed away longer than kafka_outage_s: close upstream cleanly (Live Stream
+        resumes from there later) and keep offering this record until Kafka takes it."""
+        self._cut(self._queue, "kafka unreachable")
+        while True:
+            try:
+                self.publisher.publish(record, received_at)
+                return
+            except FencedError:
+                raise
+            except PublishError:
+                if self._halt is not None and self._halt.is_set():
+                    raise
+                self.state.beat("pump", 3 * self.settings.publish.kafka_outage_s)
+
+    def _cut(self, queue: _ChunkQueue | None, reason: str) -> None:
+        if queue is not None:
+            queue.cut.set()
+        self.upstream.disconnect(reason)
+
+    def _drain(self, queue: _ChunkQueue) -> None:
+        decoder: RecordDecoder | None = None
+        while (item := queue.get(0)) is not None:
+            decoder = self._handle(item, decoder)
+
+    def _handle(self, item: _Item, decoder: RecordDecoder | None) -> RecordDecoder | None:
+        if item.kind == _OPEN:
+            return RecordDecoder(self.settings.livestream.max_record_bytes)
+        if item.kind == _CLOSE:
+            return None  # a record cut off by the drop is resent by Live Stream on resume
+        if decoder is None:
+            return None  # rest of a connection whose stream was corrupt
+        before = decoder.decompressed_bytes
+        try:
+            records = decoder.feed(item.data)
+        except UpstreamLost as exc:
+            self.log.warning("bridge.corrupt_stream", error=str(exc))
+            self._cut(self._queue, "corrupt stream")
+            return None
+        self.metrics.bytes_decompressed.inc(decoder.decompressed_bytes - before)
+        if records:
+            now = time.time()
+            publish = self.publisher.publish
+            for record in records:
+                try:
+                    publish(record, now)
+                except FencedError:
+                    raise
+                except PublishError:
+                    self._publish_through_outage(record, now)
+            self.metrics.records_received.inc(len(records))
+            self.metrics.last_record_timestamp.set(now)
+            self.state.last_record_at = now
+        return decoder
+
+
+def _halt_when(halt: threading.Event, stop: threading.Event, lost: threading.Event) -> None:
+    while not halt.is_set():
+        if stop.wait(_IDLE_TICK_S) or lost.is_set():
+            halt.set()

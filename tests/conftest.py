@@ -121,4 +121,4 @@ def topic_factory(
     try:
         delete_topics(kafka_bootstrap, created)
     except Exception as exc:  # cleanup only; never mask the test's own outcome
-        print(f"topic cleanup failed: {exc!r}", file=sys.stderr)  # noqa: T201
+        print(f"topic cleanup failed: {exc!r}", file=sys.stderr)

@@ -20,8 +20,14 @@ GRACE_S = 2.0
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    """An endless simulator at a modest rate whose resume replays cover in-flight records."""
-    cfg = SimulatorConfig(rate=400.0, ghost_s=3.0, replay_on_resume=3000, resume_window_s=300)
+    """An endless simulator at a modest rate whose resume replays cover in-flight records.
+
+    Records Live Stream pushed into a dead or frozen leader's socket buffers are gone with
+    it; only Live Stream's replay on resume brings them back. The replay here (20,000
+    records, under a minute at this rate) covers a leader frozen for the whole test, so a
+    loss would be the bridge's fault. The README's Guarantees section says the same.
+    """
+    cfg = SimulatorConfig(rate=400.0, ghost_s=3.0, replay_on_resume=20000, resume_window_s=300)
     with Simulator(cfg) as s:
         yield s
 

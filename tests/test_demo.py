@@ -1,0 +1,251 @@
+"""scripts/demo in its no-Docker mode: real broker, simulator, two replicas and tail."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "scripts" / "demo"
+KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
+
+HIT_LINE = re.compile(r"^\[tail\] p\d+@\d+ hit=\S+")
+ONE_LEADER = re.compile(r"^\[demo\] status: .* -> leader: (bridge-[ab])$")
+STARTUP_S = 300  # the first broker start may download its jars
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out; distinct, free at the time of asking."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(closing(socket.socket())) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, exited but not reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as answer:
+        body: dict[str, Any] = json.load(answer)
+    return body
+
+
+class Demo:
+    """One run of scripts/demo with its own directory and ports; output read by a thread."""
+
+    def __init__(self, tmp: Path, seconds: int) -> None:
+        self.dir = tmp / "demo"
+        kafka, controller, sim, port_a, port_b = _free_ports(5)
+        self.kafka_port, self.port_a, self.port_b = kafka, port_a, port_b
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KAFKA_"))}
+        env.pop("POD_NAME", None)
+        env.update(
+            DEMO_NO_DOCKER="1",
+            DEMO_SECONDS=str(seconds),
+            DEMO_DIR=str(self.dir),
+            DEMO_VENV=sys.prefix,
+            DEMO_KAFKA_PORT=str(kafka),
+            DEMO_KAFKA_CONTROLLER_PORT=str(controller),
+            DEMO_SIM_PORT=str(sim),
+            DEMO_HTTP_PORT_A=str(port_a),
+            DEMO_HTTP_PORT_B=str(port_b),
+            DEMO_STATUS_INTERVAL="2",
+        )
+        self.env = env
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [str(DEMO)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+        """Block until an output line matches ``pattern``; fail with the output if not."""
+        deadline = time.monotonic() + timeout
+        for seen in self.lines:
+            if match := pattern.search(seen):
+                return match
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                pytest.fail(f"demo ended before {pattern.pattern!r}:\n{self.tail()}")
+            self.lines.append(line)
+            if match := pattern.search(line):
+                return match
+        pytest.fail(f"no {pattern.pattern!r} within {timeout}s:\n{self.tail()}")
+
+    def finish(self, timeout: float) -> int:
+        """Wait for the demo to exit and for its output to end; its exit code."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=30)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return code
+
+    def tail(self, count: int = 80) -> str:
+        return "\n".join(self.lines[-count:])
+
+    def pids(self) -> dict[str, int]:
+        """Every pid the demo recorded in DEMO_DIR."""
+        out = {}
+        for path in self.dir.glob("*.pid"):
+            text = path.read_text().strip()
+            if text.isdigit():
+                out[path.stem] = int(text)
+        return out
+
+    def force_cleanup(self) -> None:
+        """Last resort after a failed test: kill what the demo may have left running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        for pid in self.pids().values():
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        env = dict(
+            self.env,
+            KAFKA_LOCAL_PORT=self.env["DEMO_KAFKA_PORT"],
+            KAFKA_LOCAL_CONTROLLER_PORT=self.env["DEMO_KAFKA_CONTROLLER_PORT"],
+            KAFKA_LOCAL_DIR=str(self.dir / "kafka"),
+        )
+        subprocess.run(
+            [str(KAFKA_LOCAL), "stop"], env=env, capture_output=True, timeout=120, check=False
+        )
+
+
+@pytest.fixture
+def demo_factory(tmp_path: Path) -> Iterator[Any]:
+    """``start(seconds)`` -> a running Demo; anything left behind is killed afterwards."""
+    runs: list[Demo] = []
+
+    def start(seconds: int) -> Demo:
+        run = Demo(tmp_path, seconds)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in runs:
+        run.force_cleanup()
+
+
+def _assert_nothing_left(demo: Demo) -> None:
+    pids = demo.pids()
+    assert {"simulator", "bridge-a", "bridge-b", "tail"} <= set(pids), pids
+    alive = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert not alive, f"still running after the demo stopped: {alive}"
+    kafka_dir = str(demo.dir / "kafka")
+    assert not _processes_mentioning(kafka_dir), f"a broker of {kafka_dir} is still running"
+
+
+def _assert_one_leader(demo: Demo) -> str:
+    """Both replicas answer /status, exactly one leads, and both name it."""
+    statuses = {
+        name: _status(port) for name, port in (("bridge-a", demo.port_a), ("bridge-b", demo.port_b))
+    }
+    leaders = [name for name, status in statuses.items() if status["role"] == "leader"]
+    assert len(leaders) == 1, statuses
+    assert {status["leader"] for status in statuses.values()} == {leaders[0]}, statuses
+    return leaders[0]
+
+
+def test_demo_script_parses() -> None:
+    """scripts/demo is valid bash and executable."""
+    assert os.access(DEMO, os.X_OK)
+    result = subprocess.run(["bash", "-n", str(DEMO)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_runs_pipeline_and_stops_by_itself(demo_factory: Any) -> None:
+    """With DEMO_SECONDS the demo shows hits and one leader, then stops everything it started."""
+    demo = demo_factory(40)
+    demo.expect(HIT_LINE, STARTUP_S)
+    demo.expect(ONE_LEADER, 60)
+    leader = _assert_one_leader(demo)
+    demo.expect(re.compile(re.escape(f"kill -9 $(cat {demo.dir}/{leader}.pid)")), 30)
+
+    code = demo.finish(timeout=240)
+
+    assert code == 0, demo.tail()
+    assert "[demo] DEMO_SECONDS=40 reached" in demo.lines
+    assert any(line.startswith("[demo] stopped") for line in demo.lines), demo.tail()
+    assert sum(1 for line in demo.lines if HIT_LINE.search(line)) >= 1
+    _assert_nothing_left(demo)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_stops_everything_on_sigterm(demo_factory: Any) -> None:
+    """SIGTERM to the demo stops the replicas, tail, simulator and broker, and exits 0."""
+    demo = demo_factory(0)
+    demo.expect(re.compile(r"^\[demo\] up: "), STARTUP_S)
+    demo.expect(ONE_LEADER, 120)
+
+    demo.proc.send_signal(signal.SIGTERM)
+    code = demo.finish(timeout=240)
+
+    assert code == 0, demo.tail()
+    assert any(line.startswith("[demo] stopped") for line in demo.lines), demo.tail()
+    _assert_nothing_left(demo)

@@ -158,16 +158,20 @@ def test_readme_table_matches_the_model() -> None:
     assert documented == expected
 
 
-def test_check_config_exits_2_with_one_line_and_no_traceback(env: pytest.MonkeyPatch) -> None:
-    """The CLI turns a bad value into exit 2, one stderr line naming it, no traceback."""
-    env.setenv("BRIDGE_LIVESTREAM__MAX_CONNECTIONS", "12")
-    proc = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "check-config"],
+def check_config() -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "check-config"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_check_config_exits_2_with_one_line_and_no_traceback(env: pytest.MonkeyPatch) -> None:
+    """The CLI turns a bad value into exit 2, one stderr line naming it, no traceback."""
+    env.setenv("BRIDGE_LIVESTREAM__MAX_CONNECTIONS", "12")
+    proc = check_config()
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "BRIDGE_LIVESTREAM__MAX_CONNECTIONS" in lines[0]
@@ -176,13 +180,7 @@ def test_check_config_exits_2_with_one_line_and_no_traceback(env: pytest.MonkeyP
 
 def test_check_config_prints_masked_settings(env: pytest.MonkeyPatch) -> None:
     """A good configuration prints as JSON with exit 0 and secrets masked."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "check-config"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = check_config()
     assert proc.returncode == 0, proc.stderr
     assert '"client_secret": "***"' in proc.stdout
     assert "s3cr3t-VALUE-never-shown" not in proc.stdout + proc.stderr

@@ -111,6 +111,16 @@ def test_unknown_path_is_404(endpoint: tuple[HttpEndpoint, State, list[bool]]) -
     assert get(endpoint[0], "/nope")[0] == 404
 
 
+@pytest.fixture(autouse=True)
+def _restore_root_logger() -> Iterator[None]:
+    """configure_logging rewires the root logger; give later tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def _capture(fmt: str, secrets: list[str]) -> io.StringIO:
     buf = io.StringIO()
     configure_logging(fmt, "INFO", secrets)

@@ -1,0 +1,479 @@
+"""Backend ``kubernetes``: one ``coordination.k8s.io/v1`` Lease, client-go's leaderelection
+rules, over a thin synchronous httpx client.
+
+* Acquire when ``holderIdentity`` is empty, or when the record has not changed for its
+  ``leaseDurationSeconds`` by OUR monotonic clock since we saw it change (never our wall
+  clock against another pod's timestamps). Writes carry ``metadata.resourceVersion``; a 409
+  means someone wrote first, so one candidate wins. ``leaseTransitions`` +1 per term = number.
+* Renew every ``retry_period_s``; with no good renewal for ``renew_deadline_s`` (monotonic,
+  from the start of the last good write) the term is lost at once, before any standby can
+  see the Lease expire. ``release`` empties the holder with ``leaseDurationSeconds=1`` (the
+  standby takes over on its next poll; we sit out one lease duration); ``close`` writes
+  nothing, like a crash.
+* The last "connected"/"released" event, with its term, is the annotation
+  ``livestream-bridge/last-event``; the next leader reads it into ``Term.predecessor``. A
+  holder that expired without an event of its own term counts as connected (unknown).
+* Fencing: ``Term.fencing`` is None. Kafka fences through the shared transactional.id: the
+  new leader's ``init_transactions`` fences the old producer.
+
+Credentials: in a pod, the service-account token (re-read per request: bound tokens rotate),
+ca.crt and KUBERNETES_SERVICE_HOST/PORT; else ``election.kubeconfig``'s current context
+(token, tokenFile or client certificate; YAML needs PyYAML, JSON always parses). RBAC: get
+and update on the named Lease, create on leases. The token is never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib
+import json
+import math
+import os
+import random
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bridge.config import Settings
+from bridge.election.base import CONNECTED, RELEASED, Predecessor, RoleReporter, Term
+from bridge.errors import ElectionError
+from bridge.observability import EventLog, Metrics, State
+
+LOG = EventLog("bridge.election.kubernetes")
+LAST_EVENT = "livestream-bridge/last-event"
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+_LOST = "lost"  # a write found the Lease held by someone else, or gone
+Json = dict[str, Any]
+Token = Callable[[], str | None]
+
+
+def micro_time(t: float) -> str:
+    """MicroTime: RFC 3339 in UTC with microseconds."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _tls(ca_file: str | None, ca_data: str | None) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=ca_file, cadata=ca_data)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise ElectionError(f"cannot load the Kubernetes API CA: {exc.__class__.__name__}") from exc
+
+
+def in_cluster(sa_dir: Path = SA_DIR) -> tuple[str, ssl.SSLContext, Token, str | None]:
+    """(server, TLS, token source, namespace) from the pod's service-account mount."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
+    if not host:
+        raise ElectionError(
+            "backend kubernetes: not in a pod (KUBERNETES_SERVICE_HOST unset) and "
+            "election.kubeconfig is not set"
+        )
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    token_file = sa_dir / "token"
+    if _read(token_file) is None:
+        raise ElectionError(f"no service-account token in {token_file} (automount disabled?)")
+    host = f"[{host}]" if ":" in host else host
+    ctx = _tls(str(sa_dir / "ca.crt"), None)
+    return f"https://{host}:{port}", ctx, lambda: _read(token_file), _read(sa_dir / "namespace")
+
+
+def from_kubeconfig(path: str) -> tuple[str, ssl.SSLContext, Token, str | None]:
+    """(server, TLS, token source, namespace) of a kubeconfig's current context."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text()
+        try:
+            doc: Any = importlib.import_module("yaml").safe_load(text)
+        except ImportError:
+            doc = json.loads(text)
+    except OSError as exc:
+        raise ElectionError(f"cannot read kubeconfig {file}: {exc.strerror}") from exc
+    except Exception as exc:  # YAML/JSON syntax: the parser's own error types
+        raise ElectionError(f"kubeconfig {file} does not parse ({exc.__class__.__name__})") from exc
+
+    def pick(kind: str, name: object) -> Json:
+        for item in (doc.get(f"{kind}s") if isinstance(doc, dict) else None) or []:
+            if isinstance(item, dict) and item.get("name") == name:
+                return dict(item.get(kind) or {})
+        raise ElectionError(f"kubeconfig {file}: no {kind} named {name!r}")
+
+    context = pick("context", doc.get("current-context") if isinstance(doc, dict) else None)
+    cluster, user = pick("cluster", context.get("cluster")), pick("user", context.get("user"))
+    if user.get("exec") or user.get("auth-provider"):
+        raise ElectionError(f"kubeconfig {file}: exec and auth-provider users are not supported")
+    server = str(cluster.get("server") or "")
+    if not server.startswith("https://"):
+        raise ElectionError(f"kubeconfig {file}: the cluster server must be an https:// URL")
+    ca, ca_data = cluster.get("certificate-authority"), cluster.get("certificate-authority-data")
+    ctx = _tls(ca and str(file.parent / ca), ca_data and base64.b64decode(ca_data).decode())
+    with tempfile.TemporaryDirectory() as tmp:  # client certificate: files or inline data
+        pair = []
+        for key in ("client-certificate", "client-key"):
+            if user.get(f"{key}-data"):
+                Path(tmp, key).write_bytes(base64.b64decode(user[f"{key}-data"]))
+                pair.append(str(Path(tmp, key)))
+            elif user.get(key):
+                pair.append(str(file.parent / user[key]))
+        if len(pair) == 2:
+            try:
+                ctx.load_cert_chain(pair[0], pair[1])
+            except (OSError, ssl.SSLError) as exc:
+                raise ElectionError(f"kubeconfig {file}: unusable client certificate") from exc
+    token, token_file = user.get("token"), user.get("tokenFile")
+
+    def source() -> str | None:  # a tokenFile is re-read each time, like the pod's token
+        return str(token) if token else _read(file.parent / token_file) if token_file else None
+
+    return server, ctx, source, context.get("namespace")
+
+
+class KubernetesElection:
+    """Leader election through a Kubernetes Lease (see the module docstring)."""
+
+    sa_dir = SA_DIR  # the service-account mount; tests point it elsewhere
+
+    def __init__(self, settings: Settings, metrics: Metrics, state: State) -> None:
+        self._cfg = cfg = settings.election
+        self.identity = cfg.identity
+        self.namespace = cfg.lease_namespace or ""
+        self._roles = RoleReporter(self.identity, metrics, state, LOG)
+        self._state = state
+        self._duration = math.ceil(cfg.lease_duration_s)
+        # one request must end well inside the renew deadline
+        self._timeout = min(cfg.renew_deadline_s / 2, max(2 * cfg.retry_period_s, 1.0))
+        self._http: httpx.Client | None = None
+        self._token: Token = lambda: None
+        self._path = ""
+        self._lock = threading.Lock()  # guards the five fields below
+        self._record: Json | None = None  # the Lease as last read or written
+        self._observed: tuple[str, float] = ("", 0.0)  # (resourceVersion, monotonic seen)
+        self._term: Term | None = None
+        self._pending: Json | None = None  # a "connected" event for the renewer to write
+        self._holdoff_until = 0.0
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    # --- Election ----------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self._cfg
+        if cfg.kubeconfig:
+            server, tls, self._token, ns = from_kubeconfig(cfg.kubeconfig)
+        else:
+            server, tls, self._token, ns = in_cluster(self.sa_dir)
+        self.namespace = (
+            cfg.lease_namespace
+            or ns
+            or _read(self.sa_dir / "namespace")
+            or os.environ.get("POD_NAMESPACE")
+            or "default"
+        )
+        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+        self._http = httpx.Client(base_url=server, verify=tls, follow_redirects=False)
+        try:
+            self._check_access()
+            resp = self._call("GET", "get")
+        except httpx.HTTPError as exc:
+            raise ElectionError(f"Kubernetes API {server} unreachable: {exc!r}") from exc
+        if resp.status_code == 200:
+            self._observe(resp.json())
+        elif resp.status_code != 404:
+            raise ElectionError(f"reading Lease {self._where()}: HTTP {resp.status_code}")
+        LOG.info("election.kubernetes.start", lease=self._where(), server=server)
+        self._roles.standby(self.leader())
+
+    def wait_for_leadership(self, stop: threading.Event) -> Term | None:
+        with self._lock:
+            if self._term is not None and not self._term.lost.is_set():
+                return self._term
+        while not stop.is_set() and not self._closed.is_set():
+            if time.monotonic() >= self._holdoff_until:
+                try:
+                    term = self._try_acquire()
+                except httpx.HTTPError as exc:
+                    LOG.warning("election.kubernetes.api_error", error=repr(exc))
+                    term = None
+                if term is not None:
+                    return term
+            # jitter keeps candidates from polling in lockstep
+            until = time.monotonic() + self._cfg.retry_period_s * random.uniform(1.0, 1.2)  # noqa: S311
+            while (left := until - time.monotonic()) > 0 and not self._closed.is_set():
+                if stop.wait(min(left, 0.05)):
+                    break
+        return None
+
+    def leader(self) -> str | None:
+        with self._lock:
+            if self._term is not None and not self._term.lost.is_set():
+                return self.identity
+            holder = ((self._record or {}).get("spec") or {}).get("holderIdentity")
+        # our own name in a record we no longer renew is stale, not an answer
+        return holder if holder and holder != self.identity else None
+
+    def announce_connected(self) -> None:
+        with self._lock:
+            if self._term is None or self._term.lost.is_set():
+                return
+            self._pending = self._event(CONNECTED, False, self._term.number)
+        self._wake.set()  # the renewer writes it at once; the caller never blocks on the API
+
+    def release(self, *, clean: bool) -> None:
+        term = self._stop_renewer()
+        if term is None or term.lost.is_set():
+            return
+        self._holdoff_until = time.monotonic() + self._cfg.lease_duration_s
+        event = self._event(RELEASED, clean, term.number)
+        for _ in range(3):  # a 409 from our own late renewal is worth another try
+            if self._write("", 1, event) in (True, _LOST):
+                break
+        self._end(term, "released")
+
+    def close(self) -> None:
+        """Stop renewing without writing (a crash, as far as the Lease can tell); idempotent."""
+        self._closed.set()
+        term = self._stop_renewer()
+        if term is not None:
+            self._end(term, "closed")
+        if self._http is not None:
+            self._http.close()
+
+    # --- acquiring ---------------------------------------------------------------
+
+    def _try_acquire(self) -> Term | None:
+        began = time.monotonic()  # our deadline counts from before the winning write
+        resp = self._call("GET", "get")
+        if resp.status_code == 404:
+            meta = {"name": self._cfg.lease_name, "namespace": self.namespace}
+            lease: Json = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": meta,
+            }
+            lease["spec"] = self._spec(1)
+            made = self._call("POST", "create", lease, path=self._path)
+            if made.status_code == 201:
+                return self._won(made.json(), None, began)
+            if made.status_code != 409:  # 409: another candidate created it first
+                LOG.warning("election.kubernetes.status", verb="create", status=made.status_code)
+            return None
+        if resp.status_code != 200:
+            LOG.warning("election.kubernetes.status", verb="get", status=resp.status_code)
+            return None
+        lease = resp.json()
+        seen_at = self._observe(lease)
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
+        duration = float(spec.get("leaseDurationSeconds") or self._duration)
+        if holder and holder != self.identity and time.monotonic() < seen_at + duration:
+            return None
+        number = int(spec.get("leaseTransitions") or 0)
+        predecessor = self._predecessor(lease, holder, number)
+        lease["spec"] = self._spec(number + 1)
+        put = self._call("PUT", "update", lease)
+        if put.status_code == 200:
+            return self._won(put.json(), predecessor, began)
+        if put.status_code != 409:  # 409: someone wrote first; read again next round
+            LOG.warning("election.kubernetes.status", verb="update", status=put.status_code)
+        return None
+
+    def _won(self, lease: Json, predecessor: Predecessor | None, began: float) -> Term:
+        term = Term(int(lease["spec"]["leaseTransitions"]), predecessor=predecessor)
+        with self._lock:
+            self._term, self._pending = term, None
+        self._observe(lease)
+        self._wake.clear()
+        self._renewer = threading.Thread(
+            target=self._renew_loop, args=(term, began), name="lease-renew", daemon=True
+        )
+        self._renewer.start()
+        self._roles.leader(term.number)
+        LOG.info(
+            "election.kubernetes.elected",
+            term=term.number,
+            lease=self._where(),
+            predecessor=predecessor and f"{predecessor.identity}:{predecessor.kind}",
+        )
+        return term
+
+    @staticmethod
+    def _predecessor(lease: Json, holder: str, number: int) -> Predecessor | None:
+        raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(LAST_EVENT)
+        try:
+            record = json.loads(raw) if raw else None
+            event = Predecessor.from_record(record) if isinstance(record, dict) else None
+        except ValueError:  # a hand-edited annotation must not stop the election
+            record, event = None, None
+        if not holder:  # released: the release wrote its event in the same update
+            return event
+        if event and record and record.get("term") == number and event.identity == holder:
+            return event
+        # the holder expired without a word of its own term: it may have connected
+        return Predecessor(holder, CONNECTED, time.time(), False)
+
+    # --- leading -----------------------------------------------------------------
+
+    def _renew_loop(self, term: Term, last_ok: float) -> None:
+        retry, deadline = self._cfg.retry_period_s, self._cfg.renew_deadline_s
+        last_try = last_ok
+        while not self._closed.is_set():
+            self._state.beat("lease-renew", deadline + 5 * retry)
+            with self._lock:
+                pending = self._pending is not None
+            if not pending:
+                self._wake.wait(max(0.0, last_try + retry - time.monotonic()))
+                self._wake.clear()
+            with self._lock:
+                if self._term is not term:
+                    return
+            last_try = time.monotonic()
+            left = deadline - (last_try - last_ok)
+            result = self._write(self.identity, self._duration, timeout=left) if left > 0 else False
+            if result is True:
+                last_ok = last_try
+            elif result == _LOST or time.monotonic() - last_ok >= deadline:
+                self._state.forget("lease-renew")  # before the term ends: a new one may beat
+                self._end(term, "lease taken" if result == _LOST else "renew deadline passed")
+                return
+
+    def _write(
+        self, holder: str, duration: int, event: Json | None = None, timeout: float | None = None
+    ) -> bool | str:
+        """Renew (or release) with our last known resourceVersion: True when written, _LOST
+        when the Lease is no longer ours, False when it could not be written this time."""
+        with self._lock:
+            lease, pending = copy.deepcopy(self._record), self._pending
+        spec = (lease or {}).get("spec") or {}
+        if lease is None or spec.get("holderIdentity") != self.identity:
+            return _LOST
+        spec.update(holderIdentity=holder or None, leaseDurationSeconds=duration)
+        spec["renewTime"] = micro_time(time.time())
+        if event or pending:
+            notes = lease.setdefault("metadata", {}).setdefault("annotations", {})
+            notes[LAST_EVENT] = json.dumps(event or pending, separators=(",", ":"))
+        try:
+            resp = self._call("PUT", "update", lease, timeout=timeout)
+            if resp.status_code == 409:  # someone else wrote: whose is it now?
+                fresh = self._call("GET", "get", timeout=timeout)
+                if fresh.status_code == 200:
+                    self._observe(fresh.json())
+                    mine = (fresh.json().get("spec") or {}).get("holderIdentity") == self.identity
+                    return False if mine else _LOST
+                return _LOST if fresh.status_code == 404 else False
+        except (httpx.HTTPError, ElectionError) as exc:  # ElectionError: 403, RBAC revoked
+            LOG.warning("election.kubernetes.renew_failed", error=str(exc) or repr(exc))
+            return False
+        if resp.status_code != 200:
+            LOG.warning("election.kubernetes.renew_failed", status=resp.status_code)
+            return _LOST if resp.status_code == 404 else False
+        self._observe(resp.json())
+        with self._lock:
+            if self._pending is pending:
+                self._pending = None
+        return True
+
+    def _end(self, term: Term, reason: str) -> None:
+        with self._lock:
+            if self._term is term:
+                self._term = None
+        if term.lose(reason):
+            LOG.info("election.kubernetes.term_ended", term=term.number, reason=reason)
+            self._roles.standby(self.leader(), term.number)
+
+    def _stop_renewer(self) -> Term | None:
+        with self._lock:
+            term, self._term = self._term, None
+        self._wake.set()
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join()
+        self._state.forget("lease-renew")
+        return term
+
+    # --- the API -----------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        verb: str,
+        body: Json | None = None,
+        *,
+        path: str | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        if self._http is None:
+            raise ElectionError("election not started")
+        headers = {"Accept": "application/json"}
+        token = self._token()  # read anew each time: projected tokens rotate
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        wait = self._timeout if timeout is None else max(0.05, min(timeout, self._timeout))
+        url = path or f"{self._path}/{self._cfg.lease_name}"
+        resp = self._http.request(method, url, json=body, headers=headers, timeout=wait)
+        if resp.status_code == 401:
+            raise ElectionError("the Kubernetes API refused our credentials (401 Unauthorized)")
+        if resp.status_code == 403 and verb != "review":
+            raise ElectionError(self._forbidden(verb))
+        return resp
+
+    def _check_access(self) -> None:
+        """Ask (SelfSubjectAccessReview) for each permission the election needs, so that a
+        missing one is named at start-up rather than found at the first failover."""
+        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+        for verb in ("get", "update", "create"):
+            name = "" if verb == "create" else self._cfg.lease_name
+            attrs = dict(namespace=self.namespace, verb=verb, resource="leases", name=name)
+            attrs["group"] = "coordination.k8s.io"
+            review: Json = {
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attrs},
+            }
+            review["apiVersion"] = "authorization.k8s.io/v1"
+            resp = self._call("POST", "review", review, path=path)
+            if resp.status_code != 201:
+                return  # cannot ask here; the Lease calls themselves will tell
+            if not (resp.json().get("status") or {}).get("allowed"):
+                raise ElectionError(self._forbidden(verb))
+
+    def _forbidden(self, verb: str) -> str:
+        what = "leases" if verb == "create" else f"leases/{self._cfg.lease_name}"
+        return (
+            f"forbidden: {self.identity} may not {verb} {what} (coordination.k8s.io) in "
+            f"namespace {self.namespace}; grant get and update on that Lease and create on leases"
+        )
+
+    def _observe(self, lease: Json) -> float:
+        """Remember the Lease; returns when (monotonic) we first saw this version of it."""
+        rv = (lease.get("metadata") or {}).get("resourceVersion", "")
+        with self._lock:
+            if rv != self._observed[0]:  # the record changed: its holder was alive just now
+                self._observed = (rv, time.monotonic())
+            self._record, seen_at, leading = lease, self._observed[1], self._term is not None
+        if not leading:
+            self._roles.seen_leader(self.leader())
+        return seen_at
+
+    def _spec(self, transitions: int) -> Json:
+        now = micro_time(time.time())
+        spec = dict(holderIdentity=self.identity, acquireTime=now, renewTime=now)
+        return {**spec, "leaseDurationSeconds": self._duration, "leaseTransitions": transitions}
+
+    def _event(self, kind: str, clean: bool, term: int) -> Json:
+        return dict(identity=self.identity, kind=kind, at=time.time(), clean=clean, term=term)
+
+    def _where(self) -> str:
+        return f"{self.namespace}/{self._cfg.lease_name}"

@@ -25,13 +25,14 @@ import functools
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from bridge.config import KafkaSettings, PublishSettings
 from bridge.dedupe import HitIdWindow, hit_id_key, hit_id_text
+from bridge.election.base import Fencing
 from bridge.errors import FencedError, KafkaSetupError, PublishError
 from bridge.observability import EventLog, Metrics
 from bridge.topics import (
@@ -65,20 +66,12 @@ _COUNTERS = (
     *("transactions_committed", "transactions_aborted", "producers_created", "dedupe_seeded"),
 )
 _loads, _JSONError = orjson.loads, orjson.JSONDecodeError
+# A rejected offsets commit that may only mean "a standby joined": see _fail.
+_GENERATION_MOVED = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS})
+_RENEW_WAIT_S = 15.0
+
 # One kept message: topic, value, key, headers, dead-letter reason (None: a hit).
 _Kept = tuple[str, bytes, str | None, list[tuple[str, str]], str | None]
-
-
-class Fencing(Protocol):
-    """The election's side of a commit: offsets for its group, in every transaction.
-
-    ``offsets`` must hold at least one valid (>= 0) offset: librdkafka skips the offsets
-    commit entirely when none is valid, and then a stale generation is not detected.
-    """
-
-    def offsets(self) -> list[TopicPartition]: ...
-
-    def group_metadata(self) -> object: ...
 
 
 class Publisher:
@@ -105,6 +98,7 @@ class Publisher:
         self._producer: Any = None
         self._produce: Any = None
         self._fencing: Fencing | None = None
+        self._generation: object | None = None  # group metadata sent with the open transaction
         self._window: HitIdWindow | None = None
         self._state = _IDLE
         self._kept: list[_Kept] = []
@@ -375,9 +369,12 @@ class Publisher:
     def _send_offsets(self, timeout: float) -> None:
         assert self._fencing is not None
         offsets = self._fencing.offsets()
+        # librdkafka skips the offsets commit when no offset is valid, and then a stale
+        # generation would go unnoticed.
         if not any(tp.offset >= 0 for tp in offsets):
             raise PublishError("the election gave no valid offset: the commit would not be fenced")
-        self._producer.send_offsets_to_transaction(offsets, self._fencing.group_metadata(), timeout)
+        self._generation = self._fencing.group_metadata()
+        self._producer.send_offsets_to_transaction(offsets, self._generation, timeout)
         self._offsets_sent = True
 
     def _committed(self) -> None:
@@ -423,6 +420,13 @@ class Publisher:
     def _fail(self, err: KafkaError, what: str) -> None:
         """Classify a Kafka error per the transactional pattern; raise or schedule recovery."""
         code = err.code()
+        if code in _GENERATION_MOVED and self._still_leading():
+            # A standby joining moves the group generation while we keep the partition; the
+            # election renews our metadata, and the same records go again in a new
+            # transaction. Only a lost term makes this a fencing.
+            log.info("publish.generation_renewed", during=what, error=err.name())
+            self._state, self._need_abort = _PENDING, True
+            return
         if code in FENCED_CODES:
             self._state = _FENCED
             log.warning("publish.fenced", during=what, error=err.name(), records=len(self._kept))
@@ -445,6 +449,11 @@ class Publisher:
             self._trouble()
             return
         raise PublishError(f"{what} failed: {err.name()}: {err.str()}")
+
+    def _still_leading(self) -> bool:
+        if self._fencing is None or self._generation is None:
+            return False
+        return self._fencing.wait_renewed(self._generation, _RENEW_WAIT_S)
 
     def _count_failure(self, err: KafkaError) -> None:
         self._trouble()

@@ -315,6 +315,43 @@ def test_fatal_error_rebuilds_the_producer_and_replays(fake: type[FakeProducer])
     assert [v for _, v, _, _ in fake.instances[1].committed] == [b'{"hitIdHigh":1,"hitIdLow":1}']
 
 
+class StubFencing:
+    """An election's fencing side whose generation renews (a standby joined) or not."""
+
+    def __init__(self, renewed: bool = False) -> None:
+        self.renewed = renewed
+        self.metadata = "metadata-1"
+
+    def offsets(self) -> list[TopicPartition]:
+        return [TopicPartition("election", 0, 5)]
+
+    def group_metadata(self) -> object:
+        return self.metadata
+
+    def wait_renewed(self, stale: object, timeout_s: float) -> bool:
+        if self.renewed:
+            self.metadata = "metadata-2"
+        return self.renewed
+
+
+def test_moved_generation_with_a_live_term_retries_the_same_records(
+    fake: type[FakeProducer],
+) -> None:
+    """ILLEGAL_GENERATION while the election still holds the partition: abort, then the same
+    records commit in a new transaction with the renewed metadata; no FencedError."""
+    pub, metrics = fake_publisher()
+    pub.begin(StubFencing(renewed=True))
+    pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
+    fake.script["send_offsets_to_transaction"] = [
+        KafkaError(KafkaError.ILLEGAL_GENERATION, txn_requires_abort=True)
+    ]
+    pub.commit()
+    producer = fake.instances[0]
+    assert producer.calls.count("abort_transaction") == 1
+    assert [v for _, v, _, _ in producer.committed] == [b'{"hitIdHigh":1,"hitIdLow":1}']
+    assert metrics.records_published._value.get() == 1
+
+
 @pytest.mark.parametrize(
     "code",
     [
@@ -330,15 +367,8 @@ def test_fatal_error_rebuilds_the_producer_and_replays(fake: type[FakeProducer])
 def test_fencing_errors_raise_fenced_error(fake: type[FakeProducer], code: int) -> None:
     """Fenced producer or stale group generation on the offsets commit -> FencedError, no commit."""
 
-    class Election:
-        def offsets(self) -> list[TopicPartition]:
-            return [TopicPartition("election", 0, 5)]
-
-        def group_metadata(self) -> object:
-            return "metadata"
-
     pub, metrics = fake_publisher()
-    pub.begin(Election())
+    pub.begin(StubFencing())
     pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
     fake.script["send_offsets_to_transaction"] = [KafkaError(code, txn_requires_abort=True)]
     with pytest.raises(FencedError):
@@ -353,16 +383,8 @@ def test_fencing_errors_raise_fenced_error(fake: type[FakeProducer], code: int) 
 
 def test_fencing_offsets_go_with_every_commit(fake: type[FakeProducer]) -> None:
     """The election's offsets and group metadata are sent before each commit."""
-
-    class Election:
-        def offsets(self) -> list[TopicPartition]:
-            return [TopicPartition("election", 0, 5)]
-
-        def group_metadata(self) -> object:
-            return "metadata"
-
     pub, _ = fake_publisher()
-    pub.begin(Election())
+    pub.begin(StubFencing())
     for n in range(2):
         pub.publish(b'{"hitIdHigh":1,"hitIdLow":%d}' % n, NOW)
         pub.commit()
@@ -373,21 +395,18 @@ def test_fencing_offsets_go_with_every_commit(fake: type[FakeProducer]) -> None:
         "send_offsets_to_transaction",
         "commit_transaction",
     ]
-    assert fake.instances[0].offsets[0][1] == "metadata"
+    assert fake.instances[0].offsets[0][1] == "metadata-1"
 
 
 def test_fencing_without_a_valid_offset_is_refused(fake: type[FakeProducer]) -> None:
     """Offsets that librdkafka would skip (no valid offset) mean no fencing: refuse loudly."""
 
-    class Election:
+    class NoOffset(StubFencing):
         def offsets(self) -> list[TopicPartition]:
             return [TopicPartition("election", 0, -1001)]
 
-        def group_metadata(self) -> object:
-            return "metadata"
-
     pub, _ = fake_publisher()
-    pub.begin(Election())
+    pub.begin(NoOffset())
     pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
     with pytest.raises(PublishError, match="no valid offset"):
         pub.commit()

@@ -34,12 +34,12 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
 
 
-def problems(**overrides: str | None) -> list[str]:
+def problems(env: pytest.MonkeyPatch, **overrides: str | None) -> list[str]:
     for name, value in overrides.items():
         if value is None:
-            os.environ.pop(name, None)
+            env.delenv(name, raising=False)
         else:
-            os.environ[name] = value
+            env.setenv(name, value)
     try:
         load_settings(env_file=None)
     except ConfigError as exc:
@@ -78,7 +78,7 @@ def test_each_bad_value_is_one_line_naming_the_variable(
     env: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     """A wrong or unknown variable yields exactly one problem line, and it names that variable."""
-    lines = problems(**{name: value})
+    lines = problems(env, **{name: value})
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"{name}: "), lines
 
@@ -86,14 +86,14 @@ def test_each_bad_value_is_one_line_naming_the_variable(
 @pytest.mark.parametrize("name", sorted(set(BASE) - {"BRIDGE_AUTH__CLIENT_ID"}))
 def test_missing_required_value_is_named(env: pytest.MonkeyPatch, name: str) -> None:
     """Removing a required variable names it as required."""
-    lines = problems(**{name: None})
+    lines = problems(env, **{name: None})
     assert len(lines) == 1, lines
     assert lines[0].split(":")[0] == name
 
 
 def test_secret_input_is_never_echoed(env: pytest.MonkeyPatch) -> None:
     """Even a wrong secret-adjacent value does not appear in the error text."""
-    lines = problems(BRIDGE_KAFKA__PROPERTIES="{sasl.password: hunter2-distinct")
+    lines = problems(env, BRIDGE_KAFKA__PROPERTIES="{sasl.password: hunter2-distinct")
     assert lines and "hunter2-distinct" not in " ".join(lines)
 
 

@@ -27,7 +27,12 @@ SECRET = "CLIENT-SECRET-e2e-7f3a9c"
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    """A simulator emitting a fixed number of hits quickly, with a distinctive secret."""
+    """A simulator emitting a fixed number of hits quickly, with a distinctive secret.
+
+    Its replay on resume covers everything it emits, standing for a Live Stream whose replay
+    covers what a killed bridge held in flight (an open transaction and the reader queue,
+    which a loaded machine can let grow to seconds of data); a loss here is the bridge's.
+    """
     cfg = SimulatorConfig(
         rate=3000.0,
         total_hits=6000,
@@ -35,7 +40,7 @@ def sim() -> Iterator[Simulator]:
         malformed_every=500,
         empty_every=50,
         ghost_s=2.0,
-        replay_on_resume=2000,
+        replay_on_resume=6000,
     )
     with Simulator(cfg) as s:
         yield s

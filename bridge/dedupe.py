@@ -260,19 +260,23 @@ class HitIdWindow:
 
     def seen_or_add(self, high: int, low: int) -> bool:
         """True when ``high:low`` was seen before (a duplicate); otherwise remember it."""
+        # The hot path of every hit: locals only, each big-int operation done once.
         k = (((high << 64) | low) * _C1) & _M128
         k ^= k >> 64
         if not k:
             return self._zero_seen_or_add()
-        nb, w, fp = self._nb, self._w, _FP[k >> 120]
+        top = k >> 120
+        fp = _FP[top]
+        nb, w = self._nb, self._w
         b1 = (((k >> 64) & _M56) * nb) >> 56
         b2 = ((k & _M56) * nb) >> 56
-        s1, s2 = b1 * w, b2 * w
+        s1 = b1 * w
+        s2 = b2 * w
         find = self._fp_find
         # The common case, a new id, costs two memchr over one cache line each.
-        if find(fp, s1, s1 + w) >= 0 and self._in_bucket(k, fp, s1):
-            return True
-        if find(fp, s2, s2 + w) >= 0 and self._in_bucket(k, fp, s2):
+        if (find(fp, s1, s1 + w) >= 0 and self._in_bucket(k, fp, s1)) or (
+            find(fp, s2, s2 + w) >= 0 and self._in_bucket(k, fp, s2)
+        ):
             return True
         stash = self._stash
         if stash and k in stash:
@@ -285,13 +289,14 @@ class HitIdWindow:
             tags = self._tags
             j = tags.find(0, s1, s1 + w)
             tags[j] = self._tag
-            self._fp[j] = k >> 120
-            self._rest[j * 15 : j * 15 + 15] = (k & _M120).to_bytes(15, "little")
+            self._fp[j] = top
+            j *= 15
+            self._rest[j : j + 15] = (k & _M120).to_bytes(15, "little")
         else:
             stash[k] = self._tag
             self._stashed_total += 1
-        self._in_epoch += 1
-        if self._in_epoch >= self._epoch_size:
+        n = self._in_epoch = self._in_epoch + 1
+        if n >= self._epoch_size:
             self._rotate()
         return False
 

@@ -66,12 +66,17 @@ _COUNTERS = (
     *("transactions_committed", "transactions_aborted", "producers_created", "dedupe_seeded"),
 )
 _loads, _JSONError = orjson.loads, orjson.JSONDecodeError
+_U64 = (1 << 64) - 1
 # A rejected offsets commit that may only mean "a standby joined": see _fail.
 _GENERATION_MOVED = frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS})
 _RENEW_WAIT_S = 15.0
 
-# One kept message: topic, value, key, headers, dead-letter reason (None: a hit).
-_Kept = tuple[str, bytes, str | None, list[tuple[str, str]], str | None]
+# One kept message: topic, value, key, headers, dead-letter reason (None: a hit). Tuples
+# only: a kept message holds no list or dict, so the cyclic GC untracks it the first time it
+# sees it instead of promoting thousands of them per transaction to the oldest generation
+# (whose collections would then walk the whole heap every few transactions).
+_Header = tuple[str, str]
+_Kept = tuple[str, bytes, str | None, tuple[_Header, ...], str | None]
 
 
 class Publisher:
@@ -110,7 +115,10 @@ class Publisher:
         self._failures = 0
         self._stuck_since: float | None = None
         self._seq = 0
-        self._ms_for: tuple[float, str] = (-1.0, "")
+        # The received-at header of the last read time (every record of a chunk shares it).
+        self._ms_for: tuple[float, _Header] = (-1.0, ("received-at", ""))
+        self._suite_header: _Header = ("report-suite", "")
+        self._max_records = publish.commit_max_records
         self._n = dict.fromkeys(_COUNTERS, 0)
         self._logged: dict[str, float] = {}
         self._max_bytes = MESSAGE_MAX_BYTES
@@ -195,6 +203,9 @@ class Publisher:
 
     def publish(self, record: bytes, received_at: float) -> None:
         """Take one record: published, dead-lettered or (a replay) dropped. See module doc."""
+        # The hot path: one JSON parse (it is also the validation), the id, key and header
+        # rules inlined for the forms Live Stream sends (the general helpers handle the
+        # rest identically), one produce. Nothing else is allocated per record.
         if self._state is not _OPEN:
             self._settle()
         if type(record) is not bytes and hasattr(record, "size"):
@@ -210,43 +221,90 @@ class Publisher:
             return
         get = obj.get
         high, low = get("hitIdHigh"), get("hitIdLow")
-        ids = hit_id_key(high, low)
-        if ids is None:
-            if self._cfg.require_hit_id:
-                self._dead_letter(record, "missing_hit_id", received_at)
-                return
-            headers = []
+        type_h, type_l = type(high), type(low)
+        if (
+            type_h is str
+            and type_l is str
+            and len(high) < 20  # up to 19 digits is always below 2**64
+            and len(low) < 20
+            and high.isdigit()
+            and low.isdigit()
+            and high.isascii()
+            and low.isascii()
+        ):
+            n_high, n_low = int(high), int(low)
+            text: str | None = f"{high}:{low}"
+        elif type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
+            n_high, n_low = high, low
+            text = f"{high}:{low}"
+        else:
+            text = None
+            ids = hit_id_key(high, low)
+            if ids is None:
+                if self._cfg.require_hit_id:
+                    self._dead_letter(record, "missing_hit_id", received_at)
+                    return
+                n_high = -1
+            else:
+                n_high, n_low = ids
+        if n_high < 0:
+            headers: list[_Header] = []
         else:
             window = self._window
-            if window is not None and window.seen_or_add(ids[0], ids[1]):
+            if window is not None and window.seen_or_add(n_high, n_low):
                 self._n["records_deduplicated"] += 1
                 self._metrics.records_deduplicated.inc()
                 return
-            headers = [("hit-id", hit_id_text(high, low) or "")]
+            headers = [("hit-id", text or hit_id_text(high, low) or "")]
         key = None
         if self._visitor_key:
-            key = hit_id_text(get("visIdHigh"), get("visIdLow")) or hit_id_text(
-                get("mcVisIdHigh"), get("mcVisIdLow")
-            )
+            vh, vl = get("visIdHigh"), get("visIdLow")
+            if (type(vh) is str and vh or type(vh) is int) and (
+                type(vl) is str and vl or type(vl) is int
+            ):
+                key = f"{vh}:{vl}"
+            else:
+                key = hit_id_text(vh, vl) or hit_id_text(get("mcVisIdHigh"), get("mcVisIdLow"))
         suite = get("reportSuite") or self._suite
         if suite:
-            headers.append(("report-suite", suite if type(suite) is str else str(suite)))
-        headers.append(("received-at", self._received_ms(received_at)))
-        self._seq += 1
+            if type(suite) is not str:
+                suite = str(suite)
+            suite_header = self._suite_header
+            if suite != suite_header[1]:  # one report suite per stream: one shared header
+                suite_header = self._suite_header = ("report-suite", suite)
+            headers.append(suite_header)
+        last, stamp = self._ms_for
+        if received_at != last:
+            stamp = ("received-at", str(int(received_at * 1000)))
+            self._ms_for = (received_at, stamp)
+        headers.append(stamp)
         self._txn_hits += 1
-        if not self._seq % SAMPLE_EVERY:
-            self._observe_freshness(get("receivedTimeGMT"), received_at)
-            self._send(self._topic, record, key, headers, None, sampled_at=received_at)
+        seq = self._seq = self._seq + 1
+        kept, topic = self._kept, self._topic
+        if seq % SAMPLE_EVERY:
+            try:
+                self._produce(topic, record, key, headers=headers)
+            except (BufferError, KafkaException):
+                self._send(topic, record, key, headers, None)
+                return
         else:
-            self._send(self._topic, record, key, headers, None)
+            self._observe_freshness(get("receivedTimeGMT"), received_at)
+            self._send(topic, record, key, headers, None, sampled_at=received_at)
+            return
+        if not kept:
+            self._txn_started = self._clock()
+        kept.append((topic, record, key, tuple(headers), None))
+        self._txn_bytes += len(record)
+        if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
+            self.commit()
 
     def _received_ms(self, received_at: float) -> str:
         # The pump stamps every record of a chunk with one time: format it once.
-        last, text = self._ms_for
+        last, stamp = self._ms_for
         if received_at != last:
-            text = str(int(received_at * 1000))
-            self._ms_for = (received_at, text)
-        return text
+            stamp = ("received-at", str(int(received_at * 1000)))
+            self._ms_for = (received_at, stamp)
+        return stamp[1]
 
     def _observe_freshness(self, sent: object, received_at: float) -> None:
         with contextlib.suppress(TypeError, ValueError):
@@ -279,7 +337,10 @@ class Publisher:
         cb = None if sampled_at is None else functools.partial(self._on_sampled, sampled_at)
         while True:
             try:
-                self._produce(topic, value, key, headers=headers, on_delivery=cb)
+                if cb is None:
+                    self._produce(topic, value, key, headers=headers)
+                else:
+                    self._produce(topic, value, key, headers=headers, on_delivery=cb)
                 break
             except BufferError:
                 self._wait_for_room()
@@ -295,9 +356,9 @@ class Publisher:
                 self._wait_for_room()
         if not self._kept:
             self._txn_started = self._clock()
-        self._kept.append((topic, value, key, headers, reason))
+        self._kept.append((topic, value, key, tuple(headers), reason))
         self._txn_bytes += len(value)
-        if len(self._kept) >= self._cfg.commit_max_records or self._txn_bytes >= TXN_MAX_BYTES:
+        if len(self._kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
             self.commit()
 
     def _wait_for_room(self) -> None:
@@ -408,7 +469,7 @@ class Publisher:
             for topic, value, key, headers, _ in self._kept:
                 while True:
                     try:
-                        produce(topic, value, key, headers=headers)
+                        produce(topic, value, key, headers=list(headers))
                         break
                     except BufferError:
                         poll(0.05)

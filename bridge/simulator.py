@@ -270,6 +270,11 @@ class Simulator:
         with self._cond:
             return self._max_live
 
+    def issued_tokens(self) -> list[str]:
+        """Every access token the token endpoint handed out, expired ones included."""
+        with self._cond:
+            return list(self._tokens)
+
     def expire_tokens(self) -> None:
         with self._cond:
             self._tokens = dict.fromkeys(self._tokens, 0.0)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +63,45 @@ TOO_LARGE_CODES = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LI
 
 MESSAGE_MAX_BYTES = 1_048_576  # a 1,000,000-byte record plus key and headers; broker: 1,048,588
 
+LIBRDKAFKA_REPEAT_S = 30.0  # one distinct librdkafka log line per this long
+
+
+class _Repeats(logging.Filter):
+    """Lets each distinct librdkafka log line through once per ``every_s``.
+
+    While a broker is down librdkafka logs the same failed connect several times a second
+    ("Connect to ... failed: Connection refused (after 0ms in state CONNECT)"): thousands of
+    identical error lines in a long outage. The varying timing part is ignored.
+    """
+
+    _TIMING = re.compile(r"\(after \d+ms in state [A-Z_]+\)|\d+ms")
+
+    def __init__(self, every_s: float) -> None:
+        super().__init__()
+        self._every = every_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.levelno}:{self._TIMING.sub('', record.getMessage())}"
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._every:
+                return False
+            if len(self._last) >= 1024:  # bounded: distinct lines are few in practice
+                self._last.clear()
+            self._last[key] = now
+        return True
+
+
+def kafka_logger(name: str) -> logging.Logger:
+    """The logger librdkafka client ``name`` logs to, with repeated lines held back."""
+    logger = logging.getLogger(f"bridge.kafka.{name}")
+    if not any(isinstance(f, _Repeats) for f in logger.filters):
+        logger.addFilter(_Repeats(LIBRDKAFKA_REPEAT_S))
+    return logger
+
 
 def producer_config(
     kafka: KafkaSettings,
@@ -89,7 +130,7 @@ def producer_config(
     conf.update(kafka.client_config())
     # Never overridable: exactly-once depends on them.
     conf |= {"transactional.id": kafka.transactional_id, "enable.idempotence": True}
-    conf |= {"acks": "all", "logger": logging.getLogger("bridge.kafka.producer")}
+    conf |= {"acks": "all", "logger": kafka_logger("producer")}
     conf["error_cb"] = error_cb
     return conf
 
@@ -137,7 +178,7 @@ class _ErrorTrap:
 def admin_config(kafka: KafkaSettings, trap: _ErrorTrap | None = None) -> dict[str, Any]:
     conf: dict[str, Any] = dict(kafka.client_config())
     conf.setdefault("client.id", "livestream-bridge-admin")
-    conf["logger"] = logging.getLogger("bridge.kafka.admin")
+    conf["logger"] = kafka_logger("admin")
     if trap is not None:
         conf["error_cb"] = trap
     return conf
@@ -148,6 +189,9 @@ def _metadata(admin: AdminClient, kafka: KafkaSettings, trap: _ErrorTrap, timeou
     deadline = time.monotonic() + timeout
     last: object = None
     while True:
+        # list_topics does not serve the client's queue: without this poll error_cb (the
+        # trap) never runs, and refused credentials look like a cluster that stays silent.
+        admin.poll(0)
         if trap.problem:
             raise KafkaSetupError(trap.problem)
         remaining = deadline - time.monotonic()
@@ -295,7 +339,7 @@ def _seed_consumer(kafka: KafkaSettings) -> Consumer:
         "queued.max.messages.kbytes": 4096,
         "fetch.max.bytes": 4_194_304,
         "max.partition.fetch.bytes": 1_048_576,
-        "logger": logging.getLogger("bridge.kafka.seed"),
+        "logger": kafka_logger("seed"),
     }
     return Consumer(conf)
 

@@ -1,0 +1,642 @@
+"""End-to-end benchmark: the bridge against a minimal ceiling and a naive peer, same run.
+
+    python bench/run.py [--hits 500000] [--json] [--latency-seconds 20] [--latency-rate 10000]
+
+Needs the Kafka broker at $KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092). Every phase
+gets a fresh Live Stream simulator in its own process (so it never shares a GIL with what it
+feeds) and a fresh topic of ``--partitions`` partitions, deleted afterwards.
+
+Phases
+------
+bridge    ``livestream-bridge run`` as a subprocess (election off, transactions, acks=all,
+          idempotence, dedupe with the default 6M window), fed ``--hits`` hits by a simulator
+          serving a pre-generated corpus as fast as the bridge reads (rate=0). Time runs
+          from the stream's start (the simulator's attempt log) to the first poll of
+          /metrics (every 50 ms) showing ``records_published_total`` = hits, i.e. every
+          hit committed. CPU is utime+stime of the bridge process (all its threads,
+          librdkafka's included) over that span, peak RSS its VmHWM.
+ceiling   in a subprocess: httpx ``iter_raw`` -> zlib -> split on CRLF -> ``produce``
+          (acks=all, idempotence, the bridge's compression and batching; no parsing, no
+          dedupe, no transactions) -> ``flush``. The most this box moves through Python.
+peer      in a subprocess: the usual shape of a Live Stream client: ``iter_lines`` over
+          httpx's decoded stream, ``json.loads`` per record, ``produce`` per record keyed
+          from the parsed dict, acks=all.
+latency   the bridge again, the simulator producing ``--latency-rate`` hits/s, for
+          ``--latency-seconds`` s after the first hit is seen. A read_committed consumer
+          in this process takes (the time a record becomes visible to it) - (its
+          ``received-at`` header: when the bridge read it) for every record: the delay a
+          downstream reader sees, transaction commit included. p50/p99 over all records.
+
+Prints a table and the ratios bridge/ceiling and bridge/peer; ``--json`` prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import confluent_kafka  # noqa: E402
+import httpx  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from bridge import publish  # noqa: E402
+from bridge.config import KafkaSettings, PublishSettings  # noqa: E402
+from bridge.simulator import Simulator, SimulatorConfig  # noqa: E402
+from bridge.topics import producer_config  # noqa: E402
+
+MB = 1_000_000
+MIB = 1 << 20
+POLL_S = 0.05
+CLIENT_ID, CLIENT_SECRET = "sim-client", "sim-secret"  # the simulator's well-known test pair
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of process ``pid`` (every thread), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def peak_rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    new = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+    for future in admin.create_topics(new, operation_timeout=30, request_timeout=30).values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        md = admin.list_topics(timeout=5)
+        if all(
+            n in md.topics
+            and md.topics[n].error is None
+            and len(md.topics[n].partitions) == partitions
+            and all(p.leader >= 0 for p in md.topics[n].partitions.values())
+            for n in names
+        ):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"topics {names} have no leaders after 30 s")
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        with contextlib.suppress(Exception):
+            future.result(timeout=30)
+
+
+def ceiling_producer_config(bootstrap: str) -> dict[str, Any]:
+    """The bridge's own producer settings (compression, batching), minus transactions."""
+    conf = producer_config(
+        KafkaSettings(bootstrap_servers=bootstrap), PublishSettings().compression, lambda e: None
+    )
+    conf.update(getattr(publish, "PRODUCER_TUNING", {}))
+    for name in ("transactional.id", "logger", "error_cb"):
+        conf.pop(name, None)
+    conf |= {"acks": "all", "enable.idempotence": True, "log_level": 3}
+    return conf
+
+
+# -- the simulator, in its own process -----------------------------------------------------
+
+
+class SimProcess:
+    """``bench/run.py --role simulator``: prints its URLs, answers "attempts" on stdin."""
+
+    def __init__(self, rate: float, total_hits: int) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "simulator"]
+        cmd += ["--rate", str(rate), "--hits", str(total_hits)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the simulator did not start")
+        info = json.loads(line)
+        self.stream_url, self.token_url = info["stream_url"], info["token_url"]
+
+    def attempts(self) -> list[dict[str, Any]]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("attempts\n")
+        self.proc.stdin.flush()
+        data: list[dict[str, Any]] = json.loads(self.proc.stdout.readline())
+        return data
+
+    def stream_start(self) -> float:
+        """Wall time the first 200 stream began (the first byte goes out right after)."""
+        started = [a["t"] for a in self.attempts() if a.get("status") == 200]
+        if not started:
+            raise RuntimeError("the simulator never served a stream")
+        return float(min(started))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def role_simulator(args: argparse.Namespace) -> int:
+    total = args.hits if args.hits > 0 else None
+    sim = Simulator(SimulatorConfig(rate=args.rate, total_hits=total))
+    # Build (and for rate=0 pre-compress) the whole corpus before anyone connects, so the
+    # first seconds of a run measure the client, not the simulator warming up.
+    sim._log.corpus.build_all(precompress=args.rate <= 0)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with sim:
+        urls = {"stream_url": sim.stream_url, "token_url": sim.token_url}
+        sys.stdout.write(json.dumps(urls) + "\n")
+        sys.stdout.flush()
+        for line in sys.stdin:
+            if line.strip() == "attempts":
+                sys.stdout.write(json.dumps(sim.attempts()) + "\n")
+                sys.stdout.flush()
+    return 0
+
+
+# -- the bridge ----------------------------------------------------------------------------
+
+
+_METRIC = re.compile(rb"^(livestream_bridge_[a-z_]+)(?:\{[^}]*\})? ([0-9.e+-]+)$", re.M)
+
+
+@dataclass
+class BridgeRun:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    def metrics(self) -> dict[str, float]:
+        """Unlabelled counters and gauges from /metrics (labelled ones are summed)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            body = answer.read()
+        out: dict[str, float] = {}
+        for name, value in _METRIC.findall(body):
+            key = name.decode()
+            out[key] = out.get(key, 0.0) + float(value)
+        return out
+
+    def try_metrics(self) -> dict[str, float] | None:
+        try:
+            return self.metrics()
+        except (OSError, ValueError):
+            return None
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the bridge exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+BRIDGE_PROPERTIES: dict[str, str] = {"log_level": "3"}  # --bridge-property adds to these
+
+
+def start_bridge(
+    sim: SimProcess, bootstrap: str, topic: str, log_dir: Path, **extra: str
+) -> BridgeRun:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env |= {
+        "BRIDGE_LIVESTREAM__URL": sim.stream_url,
+        "BRIDGE_LIVESTREAM__RECONNECT_GRACE_S": "0",
+        "BRIDGE_AUTH__TOKEN_URL": sim.token_url,
+        "BRIDGE_AUTH__CLIENT_ID": CLIENT_ID,
+        "BRIDGE_AUTH__CLIENT_SECRET": CLIENT_SECRET,
+        "BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "BRIDGE_KAFKA__TOPIC": topic,
+        "BRIDGE_KAFKA__DLQ_TOPIC": f"{topic}-dlq",
+        "BRIDGE_KAFKA__TRANSACTIONAL_ID": f"bench-{uuid.uuid4().hex[:12]}",
+        "BRIDGE_KAFKA__PROPERTIES": json.dumps(BRIDGE_PROPERTIES),
+        "BRIDGE_ELECTION__BACKEND": "none",
+        "BRIDGE_HTTP__HOST": "127.0.0.1",
+        "BRIDGE_HTTP__PORT": str(port),
+        "BRIDGE_LOG__FORMAT": "json",
+        "BRIDGE_LOG__LEVEL": "WARNING",
+        "BRIDGE_SECRETS_DIR": "/nonexistent",
+        **extra,
+    }
+    log_path = log_dir / f"bridge-{topic}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    return BridgeRun(proc, port, log_path)
+
+
+def phase_bridge(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> dict[str, float]:
+    topic = f"bench-bridge-{uuid.uuid4().hex[:10]}"
+    create_topics(bootstrap, [topic, f"{topic}-dlq"], partitions)
+    sim = SimProcess(rate=0, total_hits=hits)
+    bridge = start_bridge(sim, bootstrap, topic, log_dir)
+    try:
+        deadline = time.monotonic() + 120 + hits / 2000
+        cpu_before: float | None = None
+        while True:
+            bridge.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the bridge did not publish {hits} hits in time")
+            cpu = proc_cpu_s(bridge.proc.pid)
+            m = bridge.try_metrics()
+            now = time.time()
+            if m is not None:
+                if cpu_before is None or not m.get(
+                    "livestream_bridge_upstream_compressed_bytes_total", 0
+                ):
+                    cpu_before = cpu  # nothing read yet: start-up is not counted
+                if m.get("livestream_bridge_records_published_total", 0) >= hits:
+                    break
+            time.sleep(POLL_S)
+        end, cpu_end = now, proc_cpu_s(bridge.proc.pid)
+        rss = peak_rss_mib(bridge.proc.pid)
+        start = sim.stream_start()
+        assert cpu_before is not None
+        extra = {
+            k: m.get(f"livestream_bridge_{k}_total", 0.0)
+            for k in ("records_deduplicated", "records_dead_lettered", "transactions")
+        }
+        if extra["records_deduplicated"] or extra["records_dead_lettered"]:
+            print(f"warning: bridge run had {extra}", file=sys.stderr)
+        return result(
+            hits,
+            m["livestream_bridge_upstream_decompressed_bytes_total"],
+            end - start,
+            cpu_end - cpu_before,
+            rss,
+        )
+    finally:
+        bridge.stop()
+        sim.stop()
+        delete_topics(bootstrap, [topic, f"{topic}-dlq"])
+
+
+def result(
+    hits: float, nbytes: float, seconds: float, cpu_s: float, rss: float
+) -> dict[str, float]:
+    return {
+        "hits": hits,
+        "seconds": seconds,
+        "hits_per_s": hits / seconds,
+        "mb_per_s": nbytes / MB / seconds,
+        "cpu_s_per_100k": cpu_s / hits * 100_000,
+        "peak_rss_mib": rss,
+    }
+
+
+# -- ceiling and peer, each in its own process ---------------------------------------------
+
+
+def _token(token_url: str) -> str:
+    form = {"grant_type": "client_credentials", "client_id": CLIENT_ID}
+    form["client_secret"] = CLIENT_SECRET
+    answer = httpx.post(token_url, data=form, timeout=10)
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
+def _produce(producer: Producer, topic: str, value: bytes, key: str | None = None) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def role_ceiling(args: argparse.Namespace) -> int:
+    producer = Producer(ceiling_producer_config(args.bootstrap))
+    token, hits, nbytes = _token(args.token_url), args.hits, 0
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}
+    count, tail, topic = 0, b"", args.topic
+    produce, poll = producer.produce, producer.poll
+    cpu0 = self_cpu_s()
+    with (
+        httpx.Client(timeout=httpx.Timeout(30.0)) as client,
+        client.stream(
+            "GET", args.stream_url, params={"maxConnections": "1"}, headers=headers
+        ) as response,
+    ):
+        response.raise_for_status()
+        inflate = zlib.decompressobj(31)
+        for raw in response.iter_raw():
+            data = inflate.decompress(raw)
+            nbytes += len(data)
+            records = (tail + data).split(b"\r\n")
+            tail = records.pop()
+            for record in records:
+                try:
+                    produce(topic, record)
+                except BufferError:
+                    _produce(producer, topic, record)
+            count += len(records)
+            poll(0)
+            if count >= hits:
+                break
+    producer.flush(120)
+    end, cpu = time.time(), self_cpu_s() - cpu0
+    report = {"end": end, "hits": count, "bytes": nbytes, "cpu_s": cpu, "rss": peak_rss_mib()}
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+def role_peer(args: argparse.Namespace) -> int:
+    conf = {"bootstrap.servers": args.bootstrap, "acks": "all", "log_level": 3}
+    conf["compression.type"] = "lz4"
+    producer = Producer(conf)
+    token, hits, nbytes, count = _token(args.token_url), args.hits, 0, 0
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}
+    cpu0 = self_cpu_s()
+    with (
+        httpx.Client(timeout=httpx.Timeout(30.0)) as client,
+        client.stream(
+            "GET", args.stream_url, params={"maxConnections": "1"}, headers=headers
+        ) as response,
+    ):
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line:
+                continue
+            hit = json.loads(line)
+            if "visIdHigh" in hit:
+                key = f"{hit['visIdHigh']}:{hit.get('visIdLow')}"
+            else:
+                key = f"{hit.get('mcVisIdHigh')}:{hit.get('mcVisIdLow')}"
+            value = line.encode()
+            nbytes += len(value) + 2
+            _produce(producer, args.topic, value, key)
+            producer.poll(0)
+            count += 1
+            if count >= hits:
+                break
+    producer.flush(120)
+    end, cpu = time.time(), self_cpu_s() - cpu0
+    report = {"end": end, "hits": count, "bytes": nbytes, "cpu_s": cpu, "rss": peak_rss_mib()}
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+def phase_client(role: str, bootstrap: str, hits: int, partitions: int) -> dict[str, float]:
+    topic = f"bench-{role}-{uuid.uuid4().hex[:10]}"
+    create_topics(bootstrap, [topic], partitions)
+    sim = SimProcess(rate=0, total_hits=hits)
+    try:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", role]
+        cmd += ["--hits", str(hits), "--bootstrap", bootstrap, "--topic", topic]
+        cmd += ["--stream-url", sim.stream_url, "--token-url", sim.token_url]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=ROOT, timeout=300 + hits / 500, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{role} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        start = sim.stream_start()
+        return result(
+            report["hits"], report["bytes"], report["end"] - start, report["cpu_s"], report["rss"]
+        )
+    finally:
+        sim.stop()
+        delete_topics(bootstrap, [topic])
+
+
+# -- latency -------------------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def phase_latency(
+    bootstrap: str, rate: float, seconds: float, partitions: int, log_dir: Path
+) -> dict[str, float]:
+    topic = f"bench-latency-{uuid.uuid4().hex[:10]}"
+    create_topics(bootstrap, [topic, f"{topic}-dlq"], partitions)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+            "log_level": 3,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    sim = SimProcess(rate=rate, total_hits=0)
+    # reset=largest: start with the hits produced from now on, not a backlog burst.
+    bridge = start_bridge(sim, bootstrap, topic, log_dir, BRIDGE_LIVESTREAM__RESET="largest")
+    latencies: list[float] = []
+    try:
+        deadline = time.monotonic() + 120
+        first: float | None = None
+        while True:
+            if first is None:
+                bridge.check_alive()
+            msgs = consumer.consume(num_messages=5000, timeout=0.05)
+            now_ms = time.time() * 1000
+            for msg in msgs:
+                if msg.error() is not None:
+                    continue
+                for name, value in msg.headers() or ():
+                    if name == "received-at":
+                        latencies.append(now_ms - int(value))
+                        break
+            if latencies and first is None:
+                first = time.monotonic()
+                deadline = first + seconds
+            if time.monotonic() > deadline:
+                break
+        if not latencies:
+            raise RuntimeError("no record reached the consumer within 120 s")
+        received = bridge.try_metrics() or {}
+    finally:
+        bridge.stop()
+        sim.stop()
+        consumer.close()
+        delete_topics(bootstrap, [topic, f"{topic}-dlq"])
+    latencies.sort()
+    return {
+        "records": len(latencies),
+        "received": received.get("livestream_bridge_records_received_total", 0.0),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": latencies[-1],
+    }
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def environment() -> str:
+    return (
+        f"nproc={os.cpu_count()} python={platform.python_version()} "
+        f"confluent-kafka={confluent_kafka.__version__} "
+        f"librdkafka={confluent_kafka.libversion()[0]}"
+    )
+
+
+def table(res: dict[str, dict[str, float]], lat: dict[str, float]) -> str:
+    lines = [
+        f"{'pipeline':<9} {'hits/s':>10} {'MB/s':>8} {'CPU s/100k':>11} {'peak RSS MiB':>13}",
+    ]
+    for name in ("bridge", "ceiling", "peer"):
+        r = res[name]
+        lines.append(
+            f"{name:<9} {r['hits_per_s']:>10,.0f} {r['mb_per_s']:>8.1f} "
+            f"{r['cpu_s_per_100k']:>11.2f} {r['peak_rss_mib']:>13.1f}"
+        )
+    b = res["bridge"]["hits_per_s"]
+    lines.append(
+        f"ratio bridge/ceiling {b / res['ceiling']['hits_per_s']:.2f}, "
+        f"bridge/peer {b / res['peer']['hits_per_s']:.2f}"
+    )
+    lines.append(
+        f"latency at {lat['rate']:,.0f} hits/s (read_committed consumer, received-at -> "
+        f"visible): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
+        f"max {lat['max_ms']:.0f} ms over {lat['records']:,.0f} records"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hits", type=int, default=500_000, help="hits per throughput phase")
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-rate", type=float, default=10_000.0)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument(
+        "--bridge-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra librdkafka property for the bridge's clients (tuning experiments)",
+    )
+    parser.add_argument("--only", choices=("bridge", "ceiling", "peer", "latency"), action="append")
+    parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--stream-url", help=argparse.SUPPRESS)
+    parser.add_argument("--token-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    roles = {"simulator": role_simulator, "ceiling": role_ceiling, "peer": role_peer}
+    if args.role in roles:
+        return roles[args.role](args)
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or "127.0.0.1:9092"
+    for item in args.bridge_property:
+        name, _, value = item.partition("=")
+        BRIDGE_PROPERTIES[name] = value
+    only = set(args.only or ("bridge", "ceiling", "peer", "latency"))
+    log = (lambda *_: None) if args.json else (lambda text: print(text, file=sys.stderr))
+    res: dict[str, dict[str, float]] = {}
+    lat: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        log_dir = Path(tmp)
+        if "bridge" in only:
+            log(f"bridge: {args.hits:,} hits ...")
+            res["bridge"] = phase_bridge(bootstrap, args.hits, args.partitions, log_dir)
+            log(f"  {res['bridge']}")
+        for role in ("ceiling", "peer"):
+            if role in only:
+                log(f"{role}: {args.hits:,} hits ...")
+                res[role] = phase_client(role, bootstrap, args.hits, args.partitions)
+                log(f"  {res[role]}")
+        if "latency" in only:
+            log(f"latency: {args.latency_rate:,.0f} hits/s for {args.latency_seconds:g} s ...")
+            lat = phase_latency(
+                bootstrap, args.latency_rate, args.latency_seconds, args.partitions, log_dir
+            )
+            lat["rate"] = args.latency_rate
+            log(f"  {lat}")
+    if only != {"bridge", "ceiling", "peer", "latency"}:
+        print(json.dumps({"results": res, "latency": lat}))
+        return 0
+    bridge = res["bridge"]
+    summary = {
+        "hits_per_s": bridge["hits_per_s"],
+        "ceiling_hits_per_s": res["ceiling"]["hits_per_s"],
+        "ratio_ceiling": bridge["hits_per_s"] / res["ceiling"]["hits_per_s"],
+        "peer_hits_per_s": res["peer"]["hits_per_s"],
+        "ratio_peer": bridge["hits_per_s"] / res["peer"]["hits_per_s"],
+        "peak_rss_mib": bridge["peak_rss_mib"],
+        "p99_ms": lat["p99_ms"],
+        "p50_ms": lat["p50_ms"],
+        "cpu_s_per_100k": bridge["cpu_s_per_100k"],
+        "mb_per_s": bridge["mb_per_s"],
+    }
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in summary.items()}))
+    else:
+        print(environment())
+        print(table(res, lat))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

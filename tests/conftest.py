@@ -1,11 +1,14 @@
-"""Shared fixtures: a real Kafka broker for the session and unique topics per test.
+"""Shared fixtures: a real Kafka broker for the session and unique topics per test, and a
+real kube-apiserver for the session (with its admin client and a namespace per test).
 
-Helpers live in ``tests/kafkautil.py``; import them as ``from tests.kafkautil import ...``.
+Helpers live in ``tests/kafkautil.py`` and ``tests/kubeutil.py``; import them as
+``from tests.kafkautil import ...``.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +24,14 @@ from tests.kafkautil import (  # noqa: E402
     delete_topics,
     kafka_local,
     unique_topic_name,
+)
+from tests.kubeutil import (  # noqa: E402
+    KubeAdmin,
+    KubeServer,
+    kube_local,
+    kube_server_from_env,
+    parse_env,
+    unique,
 )
 
 KAFKA_IMAGE = os.environ.get("KAFKA_TEST_IMAGE", "confluentinc/cp-kafka:7.9.0")
@@ -122,3 +133,54 @@ def topic_factory(
         delete_topics(kafka_bootstrap, created)
     except Exception as exc:  # cleanup only; never mask the test's own outcome
         print(f"topic cleanup failed: {exc!r}", file=sys.stderr)
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[KubeServer]:
+    """A real kube-apiserver: from the environment, else ``scripts/kube-local start``
+    (stopped at the end if this fixture started it, unless KUBE_LOCAL_KEEP=1)."""
+    env = kube_server_from_env()
+    if env is not None:
+        yield env
+        return
+    before = kube_local("status")
+    try:
+        started = kube_local("start", timeout=3500)
+        problem = f"exit {started.returncode}:\n{started.stderr.strip()[-3000:]}"
+    except subprocess.TimeoutExpired:
+        started, problem = None, "no answer within 3500 s"
+    if started is None or started.returncode != 0:
+        pytest.fail(
+            "no kube-apiserver for the Kubernetes election tests: set KUBE_LOCAL_SERVER, "
+            "KUBE_LOCAL_ADMIN_TOKEN and KUBE_LOCAL_CA, or make `scripts/kube-local start` "
+            f"work ({problem})",
+            pytrace=False,
+        )
+    values = parse_env(kube_local("env").stdout)
+    try:
+        yield KubeServer(
+            values["KUBE_LOCAL_SERVER"],
+            values["KUBE_LOCAL_ADMIN_TOKEN"],
+            values["KUBE_LOCAL_CA"],
+            values.get("KUBE_LOCAL_CLIENT_CERT", ""),
+            values.get("KUBE_LOCAL_CLIENT_KEY", ""),
+        )
+    finally:
+        if before.returncode != 0 and os.environ.get("KUBE_LOCAL_KEEP") != "1":
+            kube_local("stop")
+
+
+@pytest.fixture(scope="session")
+def admin(kube: KubeServer) -> Iterator[KubeAdmin]:
+    """The API as cluster admin."""
+    client = KubeAdmin(kube)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def ns(admin: KubeAdmin) -> str:
+    """A fresh namespace per test (no controller-manager runs, so none is ever deleted)."""
+    name = unique("lease-test")
+    admin.create_namespace(name)
+    return name

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
 import random
 import re
 import signal
@@ -44,8 +43,6 @@ from tests.kubeutil import (
     bridge_settings,
     kube_local,
     kube_server_from_env,
-    parse_env,
-    unique,
     wait_until,
     write_kubeconfig,
 )
@@ -58,57 +55,6 @@ MICROTIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 # which pytest-timeout counts against the first test.
 _NEEDS_BUILD = kube_server_from_env() is None and kube_local("built").returncode != 0
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600 if _NEEDS_BUILD else 120)]
-
-
-@pytest.fixture(scope="session")
-def kube() -> Iterator[KubeServer]:
-    """A real kube-apiserver: from the environment, else ``scripts/kube-local start``
-    (stopped at the end if this fixture started it, unless KUBE_LOCAL_KEEP=1)."""
-    env = kube_server_from_env()
-    if env is not None:
-        yield env
-        return
-    before = kube_local("status")
-    try:
-        started = kube_local("start", timeout=3500)
-        problem = f"exit {started.returncode}:\n{started.stderr.strip()[-3000:]}"
-    except subprocess.TimeoutExpired:
-        started, problem = None, "no answer within 3500 s"
-    if started is None or started.returncode != 0:
-        pytest.fail(
-            "no kube-apiserver for the Kubernetes election tests: set KUBE_LOCAL_SERVER, "
-            "KUBE_LOCAL_ADMIN_TOKEN and KUBE_LOCAL_CA, or make `scripts/kube-local start` "
-            f"work ({problem})",
-            pytrace=False,
-        )
-    values = parse_env(kube_local("env").stdout)
-    try:
-        yield KubeServer(
-            values["KUBE_LOCAL_SERVER"],
-            values["KUBE_LOCAL_ADMIN_TOKEN"],
-            values["KUBE_LOCAL_CA"],
-            values.get("KUBE_LOCAL_CLIENT_CERT", ""),
-            values.get("KUBE_LOCAL_CLIENT_KEY", ""),
-        )
-    finally:
-        if before.returncode != 0 and os.environ.get("KUBE_LOCAL_KEEP") != "1":
-            kube_local("stop")
-
-
-@pytest.fixture(scope="session")
-def admin(kube: KubeServer) -> Iterator[KubeAdmin]:
-    """The API as cluster admin."""
-    client = KubeAdmin(kube)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def ns(admin: KubeAdmin) -> str:
-    """A fresh namespace per test (no controller-manager runs, so none is ever deleted)."""
-    name = unique("lease-test")
-    admin.create_namespace(name)
-    return name
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -39,7 +39,9 @@ _IDLE_TICK_S = 0.05
 class _Item:
     kind: int
     connection: int
-    data: bytes = b""
+    records: list[bytes] = field(default_factory=list)
+    size: int = 0  # compressed bytes these records came in: what the queue bound counts
+    read_at: float = 0.0
     reason: str = ""
 
 
@@ -67,7 +69,7 @@ class _ChunkQueue:
                     return False
                 self._cond.wait(_IDLE_TICK_S)
             self._items.append(item)
-            self._bytes += len(item.data)
+            self._bytes += item.size
             self._cond.notify_all()
         return True
 
@@ -76,7 +78,7 @@ class _ChunkQueue:
             if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
                 return None
             item = self._items.popleft()
-            self._bytes -= len(item.data)
+            self._bytes -= item.size
             self._cond.notify_all()
             return item
 
@@ -86,10 +88,15 @@ class _ChunkQueue:
 
 
 class _Sink:
-    """The ChunkSink the reader thread writes to."""
+    """The ChunkSink the reader thread writes to.
+
+    It also gunzips and frames: zlib releases the GIL, so decompression runs on the second
+    core while the pump parses and produces.
+    """
 
     def __init__(self, queue: _ChunkQueue, bridge: Bridge, halt: threading.Event) -> None:
         self.queue, self.bridge, self.halt = queue, bridge, halt
+        self.decoder: RecordDecoder | None = None
 
     def ready(self, timeout: float) -> bool:
         # Reconnecting while Kafka cannot take data would only fill the queue again and
@@ -100,15 +107,30 @@ class _Sink:
         return False
 
     def opened(self, connection_id: int) -> None:
+        self.decoder = RecordDecoder(self.bridge.settings.livestream.max_record_bytes)
         self.queue.cut.clear()
         self.queue.put(_Item(_OPEN, connection_id))
         self.bridge.state.upstream = "streaming"
         self.bridge.election.announce_connected()
 
     def chunk(self, data: bytes) -> bool:
-        return self.queue.put(_Item(_DATA, 0, data))
+        decoder = self.decoder
+        if decoder is None:  # opened() comes first; this only keeps the types honest
+            decoder = self.decoder = RecordDecoder(self.bridge.settings.livestream.max_record_bytes)
+        before = decoder.decompressed_bytes
+        try:
+            records = decoder.feed(data)
+        except UpstreamLost as exc:  # the client closes this connection; the rules apply
+            self.bridge.log.warning("bridge.corrupt_stream", error=str(exc))
+            raise
+        self.bridge.metrics.bytes_decompressed.inc(decoder.decompressed_bytes - before)
+        if not records:
+            return True
+        return self.queue.put(_Item(_DATA, 0, records, len(data), time.time()))
 
     def closed(self, connection_id: int, reason: str) -> None:
+        # A record cut off by the drop dies with the decoder; Live Stream resends it on resume.
+        self.decoder = None
         self.queue.put(_Item(_CLOSE, connection_id, reason=reason))
         self.bridge.state.upstream = "reconnecting"
 
@@ -244,12 +266,11 @@ class Bridge:
         publish = self.publisher
         outage_s = self.settings.publish.kafka_outage_s
         beat_allowance = max(30.0, 3 * self.settings.publish.kafka_outage_s)
-        decoder: RecordDecoder | None = None
         while not halt.is_set():
             self.state.beat("pump", beat_allowance)
             item = queue.get(_IDLE_TICK_S)
-            if item is not None:
-                decoder = self._handle(item, decoder)
+            if item is not None and item.records:
+                self._publish(item.records, item.read_at)
             publish.maybe_commit()
             if publish.unreachable_for() > outage_s and self.upstream.state == "streaming":
                 self.log.warning("bridge.kafka_outage", unreachable_s=publish.unreachable_for())
@@ -277,39 +298,22 @@ class Bridge:
         self.upstream.disconnect(reason)
 
     def _drain(self, queue: _ChunkQueue) -> None:
-        decoder: RecordDecoder | None = None
         while (item := queue.get(0)) is not None:
-            decoder = self._handle(item, decoder)
+            if item.records:
+                self._publish(item.records, item.read_at)
 
-    def _handle(self, item: _Item, decoder: RecordDecoder | None) -> RecordDecoder | None:
-        if item.kind == _OPEN:
-            return RecordDecoder(self.settings.livestream.max_record_bytes)
-        if item.kind == _CLOSE:
-            return None  # a record cut off by the drop is resent by Live Stream on resume
-        if decoder is None:
-            return None  # rest of a connection whose stream was corrupt
-        before = decoder.decompressed_bytes
-        try:
-            records = decoder.feed(item.data)
-        except UpstreamLost as exc:
-            self.log.warning("bridge.corrupt_stream", error=str(exc))
-            self._cut(self._queue, "corrupt stream")
-            return None
-        self.metrics.bytes_decompressed.inc(decoder.decompressed_bytes - before)
-        if records:
-            now = time.time()
-            publish = self.publisher.publish
-            for record in records:
-                try:
-                    publish(record, now)
-                except FencedError:
-                    raise
-                except PublishError:
-                    self._publish_through_outage(record, now)
-            self.metrics.records_received.inc(len(records))
-            self.metrics.last_record_timestamp.set(now)
-            self.state.last_record_at = now
-        return decoder
+    def _publish(self, records: list[bytes], read_at: float) -> None:
+        publish = self.publisher.publish
+        for record in records:
+            try:
+                publish(record, read_at)
+            except FencedError:
+                raise
+            except PublishError:
+                self._publish_through_outage(record, read_at)
+        self.metrics.records_received.inc(len(records))
+        self.metrics.last_record_timestamp.set(read_at)
+        self.state.last_record_at = read_at
 
 
 def _halt_when(halt: threading.Event, stop: threading.Event, lost: threading.Event) -> None:

@@ -173,3 +173,25 @@ def test_ten_kill_restart_cycles(
     print("failover seconds: " + " ".join(f"{t:.1f}" for t in times))
     assert max(times) <= SESSION_S + GRACE_S + 10
     finish(sim, kafka_bootstrap, pair[0].env["BRIDGE_KAFKA__TOPIC"])
+
+
+def test_probes_hold_on_leader_and_standby_while_upstream_is_down(
+    sim: Simulator, pair: tuple[BridgeProc, BridgeProc], kafka_bootstrap: str
+) -> None:
+    """/healthz and /readyz answer 200 on leader and standby alike, and stay 200 while Live
+    Stream refuses the leader (upstream trouble is not a reason to restart or unroute)."""
+    lead, standby = leader_of(pair)
+    for proc in (lead, standby):
+        assert proc.get("/healthz")[0] == 200
+        assert proc.get("/readyz")[0] == 200
+    sim.set_mode("status", code=503)
+    sim.drop_connections()
+    wait_until(lambda: lead.status()["upstream"] != "streaming", 30, "the leader to lose upstream")  # type: ignore[index]
+    wait_until(lambda: any(a["status"] == 503 for a in sim.attempts()), 30, "a refused reconnect")
+    for proc in (lead, standby):
+        assert proc.get("/healthz")[0] == 200
+        assert proc.get("/readyz")[0] == 200
+    assert lead.role() == "leader"
+    sim.set_mode("normal")
+    wait_until(lead.streaming, 60, "the leader to stream again")
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.simulator import Simulator
 from tests.kafkautil import Record, read_all
 
 
@@ -603,3 +604,28 @@ def reconnect_gaps(attempts: list[dict[str, Any]]) -> list[float]:
 def first_stream_after(sim_attempts: Callable[[], list[dict[str, Any]]], t0: float) -> float:
     """Unix time of the first 200 stream the simulator admitted after ``t0`` (or 0)."""
     return next((a["t"] for a in sim_attempts() if a["status"] == 200 and a["t"] > t0), 0.0)
+
+
+def leader_of(pair: tuple[BridgeProc, BridgeProc]) -> tuple[BridgeProc, BridgeProc]:
+    """(the streaming leader, the other) once exactly one replica streams and the other
+    stands by."""
+
+    def one() -> tuple[BridgeProc, BridgeProc] | None:
+        a, b = pair
+        streaming = [p for p in (a, b) if p.streaming()]
+        if len(streaming) != 1:
+            return None
+        lead = streaming[0]
+        return (lead, b if lead is a else a)
+
+    result: tuple[BridgeProc, BridgeProc] = wait_until(one, 90, "exactly one streaming leader")
+    wait_until(lambda: result[1].role() == "standby", 60, "the other replica to stand by")
+    return result
+
+
+def finish(sim: Simulator, bootstrap: str, topic: str) -> None:
+    """Stop emitting, then hold the committed topic against everything emitted."""
+    sim.set_mode("pause")
+    v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
+    print(f"verdict: {v.line()}")
+    assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()

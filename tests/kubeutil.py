@@ -9,6 +9,7 @@ one client that goes through it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import select
@@ -16,15 +17,15 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+
+from tests.harness import wait_until as harness_wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_LOCAL = ROOT / "scripts" / "kube-local"
@@ -48,16 +49,8 @@ def parse_env(text: str) -> dict[str, str]:
     return out
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(step)
+# Lease timings in these tests are sub-second: poll faster than the process tests do.
+wait_until = functools.partial(harness_wait_until, step=0.02)
 
 
 def unique(prefix: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
-from tests.harness import BridgeProc, bridge_env, deployment_name, wait_for_all, wait_until
+from tests.harness import BridgeProc, bridge_env, deployment_name, finish, leader_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -56,29 +56,6 @@ def pair(
     finally:
         for proc in (a, b):
             proc.stop()
-
-
-def leader_of(pair: tuple[BridgeProc, BridgeProc]) -> tuple[BridgeProc, BridgeProc]:
-    """(the streaming leader, the other) once exactly one replica streams."""
-
-    def one() -> tuple[BridgeProc, BridgeProc] | None:
-        a, b = pair
-        streaming = [p for p in (a, b) if p.streaming()]
-        if len(streaming) != 1:
-            return None
-        lead = streaming[0]
-        return (lead, b if lead is a else a)
-
-    result: tuple[BridgeProc, BridgeProc] = wait_until(one, 90, "exactly one streaming leader")
-    return result
-
-
-def finish(sim: Simulator, bootstrap: str, topic: str) -> None:
-    """Stop emitting, then hold the committed topic against everything emitted."""
-    sim.set_mode("pause")
-    v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
-    print(f"verdict: {v.line()}")
-    assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
 
 
 def test_pair_holds_exactly_one_connection(

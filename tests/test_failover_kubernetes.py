@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from bridge.simulator import Simulator, SimulatorConfig
+from tests import harness
 from tests.harness import (
     BridgeProc,
     bridge_env,
     deployment_name,
+    finish,
     takeovers,
-    wait_for_all,
     wait_until,
     zombie_visible,
 )
@@ -99,29 +100,11 @@ def identity(proc: BridgeProc) -> str:
 
 
 def leader_of(pair: tuple[BridgeProc, BridgeProc]) -> tuple[BridgeProc, BridgeProc]:
-    """(the streaming leader, the other) once exactly one replica streams."""
-
-    def one() -> tuple[BridgeProc, BridgeProc] | None:
-        a, b = pair
-        streaming = [p for p in (a, b) if p.streaming()]
-        if len(streaming) != 1:
-            return None
-        lead = streaming[0]
-        return (lead, b if lead is a else a)
-
-    result: tuple[BridgeProc, BridgeProc] = wait_until(one, 90, "exactly one streaming leader")
-    wait_until(lambda: result[1].role() == "standby", 60, "the other replica to stand by")
-    for proc in result:  # the election really ran through the Lease, not another backend
+    """harness.leader_of, plus proof the election really ran through the Lease."""
+    result = harness.leader_of(pair)
+    for proc in result:
         assert "election.kubernetes.start" in proc.logs(), proc.logs()[-3000:]
     return result
-
-
-def finish(sim: Simulator, bootstrap: str, topic: str) -> None:
-    """Stop emitting, then hold the committed topic against everything emitted."""
-    sim.set_mode("pause")
-    v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
-    print(f"verdict: {v.line()}")
-    assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
 
 
 def test_pair_holds_exactly_one_connection(

@@ -131,6 +131,7 @@ class KafkaElection:
         self.session_s = e.session_timeout_ms / 1000
         self._kafka, self._clock = settings.kafka, clock
         self._roles = RoleReporter(self.identity, metrics, state, LOG)
+        self._health = state
         self._watchdog = Watchdog(0.5 * self.session_s)
         self._cond = threading.Condition()  # guards _term, _seen_leader, _failure, _closed
         self._term: Term | None = None
@@ -295,6 +296,9 @@ class KafkaElection:
     def _run(self) -> None:
         try:
             while not self._stopping.is_set():
+                # /healthz turns red when this loop hangs (a stuck client call), which no
+                # self-demotion can notice from inside the loop.
+                self._health.beat("election", 2 * self.session_s + 10)
                 if self._leave_requested.is_set():
                     self._leave()
                 if (consumer := self._consumer) is None:
@@ -314,6 +318,7 @@ class KafkaElection:
                 self._cond.notify_all()
             LOG.error("election.failed", error=str(exc))
         finally:
+            self._health.forget("election")
             self._lose("closed")
             self._drop_consumer()
 

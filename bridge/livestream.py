@@ -157,6 +157,7 @@ class Upstream:
         self._token = ""  # the last token sent, only to scrub it from text we log
         self._count_401 = 0
         self._count_404 = 0
+        self._closed_at: float | None = None  # monotonic end of the last 200 stream
         self.last_close_clean = False
 
     @property
@@ -180,7 +181,9 @@ class Upstream:
         """Connect, stream into ``sink`` and reconnect by the rules until ``stop`` is set.
 
         Raises ``FatalUpstreamError`` for statuses that retrying cannot fix and
-        ``AuthError`` when the token endpoint refuses the credentials.
+        ``AuthError`` when the token endpoint refuses the credentials. The grace holds
+        across calls too: a stream that ended moments ago, in an earlier call, still
+        delays the first attempt to ``reconnect_grace_s`` after its end.
         """
         done = threading.Event()
         watcher = threading.Thread(
@@ -189,6 +192,12 @@ class Upstream:
         watcher.start()
         try:
             delay = first_delay
+            if self._closed_at is not None:
+                since = time.monotonic() - self._closed_at
+                rest = self._settings.reconnect_grace_s - since
+                if rest > delay:
+                    log.info("upstream.grace_since_last_close", wait_s=round(rest, 3))
+                    delay = rest
             while not stop.is_set():
                 if delay > 0 and self._wait(stop, delay):
                     break
@@ -361,6 +370,7 @@ class Upstream:
             reason = requested or reason
             self._metrics.upstream_connected.set(0)
             self.last_close_clean = clean
+            self._closed_at = time.monotonic()
             self._state = "waiting"
             sink.closed(cid, reason)
         if nbytes:

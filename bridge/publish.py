@@ -344,7 +344,11 @@ class Publisher:
                     self._produce(topic, value, key, headers=headers, on_delivery=cb)
                 break
             except BufferError:
-                self._wait_for_room()
+                try:
+                    self._wait_for_room()
+                except KafkaException as exc:  # poll() raises fatal errors, a fence included
+                    self._fail(exc.args[0], "produce")  # FencedError, or a new producer
+                    break  # kept below, re-produced by the new producer
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.code() in TOO_LARGE_CODES and reason is None:
@@ -377,7 +381,11 @@ class Publisher:
             return
         producer = self._producer
         if producer is not None:
-            producer.poll(0)
+            try:
+                producer.poll(0)  # raises a fatal error (a fence included) as KafkaException
+            except KafkaException as exc:
+                self._fail(exc.args[0], "poll")  # FencedError, or a new producer next time
+                return
             self._metrics.producer_queue.set(len(producer))
         if self._state is _PENDING:
             self._attempt(STEP_S)

@@ -623,9 +623,16 @@ def leader_of(pair: tuple[BridgeProc, BridgeProc]) -> tuple[BridgeProc, BridgePr
     return result
 
 
-def finish(sim: Simulator, bootstrap: str, topic: str) -> None:
-    """Stop emitting, then hold the committed topic against everything emitted."""
+def finish(sim: Simulator, bootstrap: str, topic: str, procs: Iterable[BridgeProc] = ()) -> None:
+    """Stop emitting, then hold the committed topic against everything emitted; with the
+    replicas given, also count zombie-visible records (where the broker's log is local)."""
     sim.set_mode("pause")
     v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
     print(f"verdict: {v.line()}")
     assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
+    procs = list(procs)
+    if procs:
+        zombies = zombie_visible(bootstrap, [topic, f"{topic}-dlq"], takeovers(procs))
+        if zombies is not None:
+            print(zombies.line())
+            assert zombies.records == 0, zombies.detail

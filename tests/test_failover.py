@@ -68,7 +68,7 @@ def test_pair_holds_exactly_one_connection(
     assert sim.max_concurrent_connections() == 1
     assert [a for a in sim.attempts() if a["status"] == 409] == []
     assert lead.status()["leader"] == standby.status()["leader"]  # type: ignore[index]
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 def test_kill_9_of_the_leader_fails_over_within_bounds(
@@ -84,7 +84,7 @@ def test_kill_9_of_the_leader_fails_over_within_bounds(
     print(f"kill -9 failover: {failover:.1f}s")
     assert failover <= SESSION_S + GRACE_S + 10
     lead.start()
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 def test_sigterm_hands_over_promptly(
@@ -100,7 +100,7 @@ def test_sigterm_hands_over_promptly(
     print(f"SIGTERM handover: {handover:.1f}s")
     assert handover <= GRACE_S + 5
     assert [a for a in sim.attempts() if a["status"] == 409] == []
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 def test_sigstop_leader_is_deposed_and_fenced(
@@ -128,7 +128,7 @@ def test_sigstop_leader_is_deposed_and_fenced(
     assert sim.max_concurrent_connections() == 1
     assert sim.live_connections() == 1
     assert len(sim.attempts()) > attempts_before
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 @pytest.mark.slow
@@ -149,7 +149,7 @@ def test_ten_kill_restart_cycles(
         lead.start()
     print("failover seconds: " + " ".join(f"{t:.1f}" for t in times))
     assert max(times) <= SESSION_S + GRACE_S + 10
-    finish(sim, kafka_bootstrap, pair[0].env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, pair[0].env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 def test_probes_hold_on_leader_and_standby_while_upstream_is_down(
@@ -171,4 +171,4 @@ def test_probes_hold_on_leader_and_standby_while_upstream_is_down(
     assert lead.role() == "leader"
     sim.set_mode("normal")
     wait_until(lead.streaming, 60, "the leader to stream again")
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)

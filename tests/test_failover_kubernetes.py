@@ -125,7 +125,7 @@ def test_pair_holds_exactly_one_connection(
     assert sim.max_concurrent_connections() == 1
     assert [a for a in sim.attempts() if a["status"] == 409] == []
     assert lead.status()["leader"] == standby.status()["leader"] == identity(lead)  # type: ignore[index]
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 @pytest.mark.slow
@@ -150,7 +150,7 @@ def test_kill_9_of_the_leader_fails_over_within_bounds(
     wait_until(lambda: lead.role() == "standby", 60, "the restarted replica to stand by")
     assert admin.holder(ns, LEASE) == identity(standby)
     assert sim.max_concurrent_connections() == 1
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 
 @pytest.mark.slow
@@ -217,4 +217,4 @@ def test_sigterm_hands_over_promptly(
     assert admin.holder(ns, LEASE) == identity(standby)
     assert [a for a in sim.attempts() if a["status"] == 409] == []
     assert sim.max_concurrent_connections() == 1
-    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"])
+    finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)

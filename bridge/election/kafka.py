@@ -30,6 +30,7 @@ from bridge.config import Settings
 from bridge.election.base import CONNECTED, RELEASED, Predecessor, RoleReporter, Term
 from bridge.errors import ElectionError
 from bridge.observability import EventLog, Metrics, State
+from bridge.topics import kafka_logger
 
 LOG = EventLog("bridge.election.kafka")
 PARTITION = 0
@@ -154,6 +155,7 @@ class KafkaElection:
 
     def _config(self, client: str, props: dict[str, Any]) -> dict[str, Any]:
         conf: dict[str, Any] = {**self._kafka.client_config(), **props, "client.id": client}
+        conf["logger"] = kafka_logger("election")  # JSON lines, repeats held back
         if conf.pop("group.instance.id", None) is not None:  # no static membership, ever
             LOG.warning("election.static_membership_ignored", property="group.instance.id")
         return conf

@@ -235,9 +235,24 @@ class Bridge:
             self.election.release(clean=self.upstream.last_close_clean)
         else:
             self.publisher.abort()
+            if fenced and not term.lost.is_set():
+                self._yield_term(term)
         self.state.upstream = "standby"
         if failure:
             raise failure[0]
+
+    def _yield_term(self, term: Term) -> None:
+        """Kafka says another writer owns the topic while our election still says we lead
+        (a woken zombie whose election thread has not caught up yet). Leading again on this
+        term would run init_transactions and fence the rightful leader back, so give the
+        election time to notice, and if it does not, give the leadership up."""
+        e = self.settings.election
+        settle_s = (
+            0.0 if e.backend == "none" else max(e.session_timeout_ms / 1000, e.lease_duration_s)
+        )
+        if not term.lost.wait(settle_s):
+            self.log.warning("bridge.yield_leadership", term=term.number, reason="fenced")
+            self.election.release(clean=self.upstream.last_close_clean)
 
     def _begin(self, term: Term, halt: threading.Event) -> bool:
         """init_transactions (fencing the old writer) and seed; retried while Kafka is down."""

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Simulator, SimulatorConfig
-from tests.harness import BridgeProc, bridge_env, deployment_name, finish, leader_of, wait_until
+from bridge.simulator import Simulator
+from tests.harness import (
+    BridgeProc,
+    bridge_env,
+    deployment_name,
+    failover_simulator_config,
+    finish,
+    leader_of,
+    running_pair,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
@@ -20,14 +29,8 @@ GRACE_S = 2.0
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    """An endless simulator at a modest rate whose resume replays cover in-flight records.
-
-    Records Live Stream pushed into a dead or frozen leader's socket buffers are gone with
-    it; only Live Stream's replay on resume brings them back. The replay here (20,000
-    records, under a minute at this rate) covers a leader frozen for the whole test, so a
-    loss would be the bridge's fault. The README's Guarantees section says the same.
-    """
-    cfg = SimulatorConfig(rate=400.0, ghost_s=3.0, replay_on_resume=20000, resume_window_s=300)
+    """The simulator every failover test runs against (see the harness for its replay)."""
+    cfg = failover_simulator_config()
     with Simulator(cfg) as s:
         yield s
 
@@ -48,14 +51,8 @@ def pair(
         BRIDGE_LIVESTREAM__BACKOFF_CAP_S="8",
         BRIDGE_ELECTION__SESSION_TIMEOUT_MS=str(int(SESSION_S * 1000)),
     )
-    a, b = BridgeProc("a", env, tmp_path), BridgeProc("b", dict(env), tmp_path)
-    a.start()
-    b.start()
-    try:
-        yield a, b
-    finally:
-        for proc in (a, b):
-            proc.stop()
+    with running_pair(env, tmp_path) as pair:
+        yield pair
 
 
 def test_pair_holds_exactly_one_connection(

@@ -16,13 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Simulator, SimulatorConfig
+from bridge.simulator import Simulator
 from tests import harness
 from tests.harness import (
     BridgeProc,
     bridge_env,
     deployment_name,
+    failover_simulator_config,
     finish,
+    running_pair,
     takeovers,
     wait_until,
     zombie_visible,
@@ -49,7 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600 if _NEEDS_BUILD 
 def sim() -> Iterator[Simulator]:
     """An endless simulator at a modest rate whose resume replays cover in-flight records
     (the same shape as tests/test_failover.py, for the same reasons)."""
-    cfg = SimulatorConfig(rate=400.0, ghost_s=3.0, replay_on_resume=20000, resume_window_s=300)
+    cfg = failover_simulator_config()
     with Simulator(cfg) as s:
         yield s
 
@@ -84,14 +86,8 @@ def pair(
         BRIDGE_ELECTION__RETRY_PERIOD_S=str(RETRY_S),
         BRIDGE_ELECTION__KUBECONFIG=str(lease_kubeconfig),
     )
-    a, b = BridgeProc("a", env, tmp_path), BridgeProc("b", dict(env), tmp_path)
-    a.start()
-    b.start()
-    try:
-        yield a, b
-    finally:
-        for proc in (a, b):
-            proc.stop()
+    with running_pair(env, tmp_path) as pair:
+        yield pair
 
 
 def identity(proc: BridgeProc) -> str:

@@ -24,7 +24,7 @@ import contextlib
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -122,6 +122,7 @@ class Publisher:
         self._n = dict.fromkeys(_COUNTERS, 0)
         self._logged: dict[str, float] = {}
         self._max_bytes = MESSAGE_MAX_BYTES
+        self.resume_at = 0  # see publish_many
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -201,103 +202,118 @@ class Publisher:
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def publish(self, record: bytes, received_at: float) -> None:  # noqa: PLR0911, PLR0912, PLR0915 - inlined on purpose: it runs once per hit
+    def publish(self, record: bytes, received_at: float) -> None:
         """Take one record: published, dead-lettered or (a replay) dropped. See module doc."""
+        self.publish_many((record,), received_at)
+
+    def publish_many(  # noqa: PLR0912, PLR0915 - inlined on purpose: the loop runs once per hit
+        self, records: Sequence[bytes], received_at: float, start: int = 0
+    ) -> None:
+        """Take ``records[start:]`` in order, as :meth:`publish` would one by one.
+
+        On ``PublishError`` the records before ``resume_at`` were taken and the one at
+        ``resume_at`` was not: call again with ``start=resume_at``.
+        """
         # The hot path: one JSON parse (it is also the validation), the id, key and header
-        # rules inlined for the forms Live Stream sends (the general helpers handle the
-        # rest identically), one produce. Nothing else is allocated per record.
-        if self._state is not _OPEN:
-            self._settle()
-        if type(record) is not bytes and hasattr(record, "size"):
-            self._dead_letter(record, "oversized", received_at, int(record.size))
-            return
-        try:
-            obj = _loads(record)
-        except _JSONError:
-            self._dead_letter(record, "not_json", received_at)
-            return
-        if type(obj) is not dict:
-            self._dead_letter(record, "not_object", received_at)
-            return
-        get = obj.get
-        high: Any = get("hitIdHigh")
-        low: Any = get("hitIdLow")
-        type_h, type_l = type(high), type(low)
-        if (
-            type_h is str
-            and type_l is str
-            and len(high) < 20  # up to 19 digits is always below 2**64
-            and len(low) < 20
-            and high.isdigit()
-            and low.isdigit()
-            and high.isascii()
-            and low.isascii()
-        ):
-            n_high, n_low = int(high), int(low)
-            text: str | None = f"{high}:{low}"
-        elif type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
-            n_high, n_low = high, low
-            text = f"{high}:{low}"
-        else:
-            text = None
-            ids = hit_id_key(high, low)
-            if ids is None:
-                if self._cfg.require_hit_id:
-                    self._dead_letter(record, "missing_hit_id", received_at)
-                    return
-                n_high = -1
-            else:
-                n_high, n_low = ids
-        if n_high < 0:
-            headers: list[_Header] = []
-        else:
-            window = self._window
-            if window is not None and window.seen_or_add(n_high, n_low):
-                self._n["records_deduplicated"] += 1
-                self._metrics.records_deduplicated.inc()
-                return
-            headers = [("hit-id", text or hit_id_text(high, low) or "")]
-        key = None
-        if self._visitor_key:
-            vh, vl = get("visIdHigh"), get("visIdLow")
-            if ((type(vh) is str and vh) or type(vh) is int) and (
-                (type(vl) is str and vl) or type(vl) is int
-            ):
-                key = f"{vh}:{vl}"
-            else:
-                key = hit_id_text(vh, vl) or hit_id_text(get("mcVisIdHigh"), get("mcVisIdLow"))
-        suite = get("reportSuite") or self._suite
-        if suite:
-            if type(suite) is not str:
-                suite = str(suite)
-            suite_header = self._suite_header
-            if suite != suite_header[1]:  # one report suite per stream: one shared header
-                suite_header = self._suite_header = ("report-suite", suite)
-            headers.append(suite_header)
+        # rules inlined for the forms Live Stream sends (the general helpers in
+        # bridge.dedupe handle the rest identically), one produce. Nothing else is
+        # allocated per record.
+        window, kept, topic = self._window, self._kept, self._topic
+        visitor_key, default_suite = self._visitor_key, self._suite
         last, stamp = self._ms_for
         if received_at != last:
             stamp = ("received-at", str(int(received_at * 1000)))
             self._ms_for = (received_at, stamp)
-        headers.append(stamp)
-        self._txn_hits += 1
-        seq = self._seq = self._seq + 1
-        kept, topic = self._kept, self._topic
-        if seq % SAMPLE_EVERY:
+        for i in range(start, len(records)):
+            self.resume_at = i
+            record = records[i]
+            if self._state is not _OPEN:
+                self._settle()
+            if type(record) is not bytes and hasattr(record, "size"):
+                self._dead_letter(record, "oversized", received_at, int(record.size))
+                continue
             try:
-                self._produce(topic, record, key, headers=headers)
-            except (BufferError, KafkaException):
-                self._send(topic, record, key, headers, None)
-                return
-        else:
-            self._observe_freshness(get("receivedTimeGMT"), received_at)
-            self._send(topic, record, key, headers, None, sampled_at=received_at)
-            return
-        if not kept:
-            self._txn_started = self._clock()
-        kept.append((topic, record, key, tuple(headers), None))
-        self._txn_bytes += len(record)
-        if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
-            self.commit()
+                obj = _loads(record)
+            except _JSONError:
+                self._dead_letter(record, "not_json", received_at)
+                continue
+            if type(obj) is not dict:
+                self._dead_letter(record, "not_object", received_at)
+                continue
+            get = obj.get
+            high: Any = get("hitIdHigh")
+            low: Any = get("hitIdLow")
+            type_h, type_l = type(high), type(low)
+            if (
+                type_h is str
+                and type_l is str
+                and len(high) < 20  # up to 19 digits is always below 2**64
+                and len(low) < 20
+                and high.isdigit()
+                and low.isdigit()
+                and high.isascii()
+                and low.isascii()
+            ):
+                n_high, n_low = int(high), int(low)
+                text: str | None = f"{high}:{low}"
+            elif type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
+                n_high, n_low = high, low
+                text = f"{high}:{low}"
+            else:
+                text = None
+                ids = hit_id_key(high, low)
+                if ids is None:
+                    if self._cfg.require_hit_id:
+                        self._dead_letter(record, "missing_hit_id", received_at)
+                        continue
+                    n_high = -1
+                else:
+                    n_high, n_low = ids
+            if n_high < 0:
+                headers: list[_Header] = []
+            else:
+                if window is not None and window.seen_or_add(n_high, n_low):
+                    self._n["records_deduplicated"] += 1
+                    self._metrics.records_deduplicated.inc()
+                    continue
+                headers = [("hit-id", text or hit_id_text(high, low) or "")]
+            key = None
+            if visitor_key:
+                vh, vl = get("visIdHigh"), get("visIdLow")
+                if ((type(vh) is str and vh) or type(vh) is int) and (
+                    (type(vl) is str and vl) or type(vl) is int
+                ):
+                    key = f"{vh}:{vl}"
+                else:
+                    key = hit_id_text(vh, vl) or hit_id_text(get("mcVisIdHigh"), get("mcVisIdLow"))
+            suite = get("reportSuite") or default_suite
+            if suite:
+                if type(suite) is not str:
+                    suite = str(suite)
+                suite_header = self._suite_header
+                if suite != suite_header[1]:  # one report suite per stream: one shared header
+                    suite_header = self._suite_header = ("report-suite", suite)
+                headers.append(suite_header)
+            headers.append(stamp)
+            self._txn_hits += 1
+            seq = self._seq = self._seq + 1
+            if seq % SAMPLE_EVERY:
+                try:
+                    self._produce(topic, record, key, headers=headers)
+                except (BufferError, KafkaException):
+                    self._send(topic, record, key, headers, None)
+                    continue
+            else:
+                self._observe_freshness(get("receivedTimeGMT"), received_at)
+                self._send(topic, record, key, headers, None, sampled_at=received_at)
+                continue
+            if not kept:
+                self._txn_started = self._clock()
+            kept.append((topic, record, key, tuple(headers), None))
+            self._txn_bytes += len(record)
+            if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
+                self.commit()
+        self.resume_at = len(records)
 
     def _received_ms(self, received_at: float) -> str:
         # The pump stamps every record of a chunk with one time: format it once.

@@ -66,6 +66,27 @@ def test_any_split_reassembles_records(
     assert decoder.decompressed_bytes == len(body)
 
 
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    crlf=st.lists(st.booleans(), min_size=30, max_size=30),
+    chunk_splits=st.lists(st.integers(min_value=0, max_value=2_000), max_size=20),
+)
+def test_stray_carriage_returns_frame_like_line_ends(
+    records: list[bytes], crlf: list[bool], chunk_splits: list[int]
+) -> None:
+    """A CR inside a record is content, and an LF ending takes one CR before it as part of
+    the line end, whichever of the CRLF fast path or the LF path frames the piece."""
+    body = b"".join(r + (b"\r\n" if crlf[i] else b"\n") for i, r in enumerate(records))
+    expected = []
+    for i, r in enumerate(records):
+        record = r[:-1] if not crlf[i] and r.endswith(b"\r") else r
+        if record:
+            expected.append(record)
+    decoder = RecordDecoder(max_record_bytes=10_000)
+    assert decode_all(decoder, cut(gzip.compress(body), chunk_splits)) == expected
+
+
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sizes=st.lists(st.integers(min_value=0, max_value=300), min_size=1, max_size=12),

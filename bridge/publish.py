@@ -123,6 +123,7 @@ class Publisher:
         self._logged: dict[str, float] = {}
         self._max_bytes = MESSAGE_MAX_BYTES
         self.resume_at = 0  # see publish_many
+        self._retry_id: tuple[int, int] | None = None  # see _send_hit
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class Publisher:
         self._txn_dlq.clear()
         self._fencing = fencing
         self._need_abort = self._need_replay = self._offsets_sent = False
+        self._retry_id = None
         limit = topic_message_limit(self._kafka, self._topic)
         if limit is not None:  # leave room for the batch and record framing
             self._max_bytes = max(1000, min(MESSAGE_MAX_BYTES, limit - 512))
@@ -266,16 +268,18 @@ class Publisher:
                     if self._cfg.require_hit_id:
                         self._dead_letter(record, "missing_hit_id", received_at)
                         continue
-                    n_high = -1
+                    n_high = n_low = -1
                 else:
                     n_high, n_low = ids
             if n_high < 0:
                 headers: list[_Header] = []
             else:
                 if window is not None and window.seen_or_add(n_high, n_low):
-                    self._n["records_deduplicated"] += 1
-                    self._metrics.records_deduplicated.inc()
-                    continue
+                    if self._retry_id != (n_high, n_low):
+                        self._n["records_deduplicated"] += 1
+                        self._metrics.records_deduplicated.inc()
+                        continue
+                    self._retry_id = None  # offered again after an outage: not a replay
                 headers = [("hit-id", text or hit_id_text(high, low) or "")]
             key = None
             if visitor_key:
@@ -301,19 +305,44 @@ class Publisher:
                 try:
                     self._produce(topic, record, key, headers=headers)
                 except (BufferError, KafkaException):
-                    self._send(topic, record, key, headers, None)
-                    continue
+                    self._send_hit(topic, record, key, headers, high=n_high, low=n_low)
+                else:
+                    if not kept:
+                        self._txn_started = self._clock()
+                    kept.append((topic, record, key, tuple(headers), None))
+                    self._txn_bytes += len(record)
             else:
                 self._observe_freshness(get("receivedTimeGMT"), received_at)
-                self._send(topic, record, key, headers, None, sampled_at=received_at)
-                continue
-            if not kept:
-                self._txn_started = self._clock()
-            kept.append((topic, record, key, tuple(headers), None))
-            self._txn_bytes += len(record)
+                self._send_hit(
+                    topic, record, key, headers, high=n_high, low=n_low, sampled_at=received_at
+                )
             if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
+                self.resume_at = i + 1  # taken: if the commit fails, it must not come again
                 self.commit()
         self.resume_at = len(records)
+
+    def _send_hit(
+        self,
+        topic: str,
+        record: bytes,
+        key: str | None,
+        headers: list[_Header],
+        *,
+        high: int,
+        low: int,
+        sampled_at: float | None = None,
+    ) -> None:
+        """``_send`` for a hit whose id (if any, ``high`` >= 0) is already in the window.
+
+        If Kafka does not take the hit, the id is remembered: the caller offers the same
+        record again after the outage, and that must not count as a replay (a loss).
+        """
+        try:
+            self._send(topic, record, key, headers, None, sampled_at=sampled_at)
+        except PublishError:
+            self._txn_hits -= 1  # counted by the caller, not taken
+            self._retry_id = (high, low) if high >= 0 else None
+            raise
 
     def _received_ms(self, received_at: float) -> str:
         # The pump stamps every record of a chunk with one time: format it once.
@@ -378,9 +407,7 @@ class Publisher:
         if not self._kept:
             self._txn_started = self._clock()
         self._kept.append((topic, value, key, tuple(headers), reason))
-        self._txn_bytes += len(value)
-        if len(self._kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
-            self.commit()
+        self._txn_bytes += len(value)  # the caller commits when the transaction is full
 
     def _wait_for_room(self) -> None:
         """The producer cannot take the record yet: serve it; give up only after an outage."""

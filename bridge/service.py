@@ -308,21 +308,6 @@ class Bridge:
                 self._cut(queue, "kafka unreachable")
         self.state.forget("pump")
 
-    def _publish_through_outage(self, record: bytes, received_at: float) -> None:
-        """Kafka stayed away longer than kafka_outage_s: close upstream cleanly (Live Stream
-        resumes from there later) and keep offering this record until Kafka takes it."""
-        self._cut(self._queue, "kafka unreachable")
-        while True:
-            try:
-                self.publisher.publish(record, received_at)
-                return
-            except FencedError:
-                raise
-            except PublishError:
-                if self._halt is not None and self._halt.is_set():
-                    raise
-                self.state.beat("pump", 3 * self.settings.publish.kafka_outage_s)
-
     def _cut(self, queue: _ChunkQueue | None, reason: str) -> None:
         if queue is not None:
             queue.cut.set()
@@ -334,17 +319,25 @@ class Bridge:
                 self._publish(records, item.read_at)
 
     def _publish(self, records: list[bytes], read_at: float) -> None:
-        publisher, start = self.publisher, 0
-        while start < len(records):
+        publisher, start, outage = self.publisher, 0, False
+        while True:
             try:
                 publisher.publish_many(records, read_at, start)
                 break
             except FencedError:
                 raise
             except PublishError:
+                if not outage:
+                    # Kafka stayed away longer than kafka_outage_s: close upstream cleanly
+                    # (Live Stream resumes from there later) and keep offering the rest of
+                    # these records, already read, until Kafka takes them.
+                    outage = True
+                    self._cut(self._queue, "kafka unreachable")
+                elif self._halt is not None and self._halt.is_set():
+                    raise
+                else:
+                    self.state.beat("pump", 3 * self.settings.publish.kafka_outage_s)
                 start = publisher.resume_at
-                self._publish_through_outage(records[start], read_at)
-                start += 1
         self.metrics.records_received.inc(len(records))
         self.metrics.last_record_timestamp.set(read_at)
         self.state.last_record_at = read_at

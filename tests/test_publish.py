@@ -237,10 +237,10 @@ def test_hit_id_not_required_publishes_without_dedupe(fake: type[FakeProducer]) 
     pub, _ = fake_publisher(require_hit_id=False)
     pub.begin(None)
     record = b'{"visIdHigh":1,"visIdLow":2}'
-    pub.publish(record, NOW)
-    pub.publish(record, NOW)
+    count = 2 * publish_mod.SAMPLE_EVERY + 1  # the sampled (latency-observed) path included
+    pub.publish_many([record] * count, NOW)
     out = sent(fake.instances[0])
-    assert [(t, v) for t, v, _, _ in out] == [("hits", record)] * 2
+    assert [(t, v) for t, v, _, _ in out] == [("hits", record)] * count
     assert "hit-id" not in out[0][3]
 
 
@@ -412,6 +412,21 @@ def test_fencing_without_a_valid_offset_is_refused(fake: type[FakeProducer]) -> 
         pub.commit()
 
 
+class Timeouts(list[KafkaError]):
+    """A script entry that times out every call, one second of ``clock`` each."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def pop(self, index: SupportsIndex = -1) -> KafkaError:
+        self.clock.now += 1.0
+        return KafkaError(KafkaError._TIMED_OUT, retriable=True)
+
+    def __bool__(self) -> bool:
+        return True
+
+
 def test_outage_is_measured_and_reported(fake: type[FakeProducer]) -> None:
     """While commits time out, unreachable_for grows; commit gives up after kafka_outage_s."""
     clock = FakeClock()
@@ -419,16 +434,7 @@ def test_outage_is_measured_and_reported(fake: type[FakeProducer]) -> None:
     pub.begin(None)
     assert pub.unreachable_for() == 0.0
     pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
-
-    class Timeouts(list[KafkaError]):
-        def pop(self, index: SupportsIndex = -1) -> KafkaError:
-            clock.now += 1.0
-            return KafkaError(KafkaError._TIMED_OUT, retriable=True)
-
-        def __bool__(self) -> bool:
-            return True
-
-    fake.script["commit_transaction"] = Timeouts()
+    fake.script["commit_transaction"] = Timeouts(clock)
     clock.now += 1.0
     pub.maybe_commit()  # one bounded attempt, no exception
     assert pub.unreachable_for() > 0
@@ -439,6 +445,30 @@ def test_outage_is_measured_and_reported(fake: type[FakeProducer]) -> None:
     pub.maybe_commit()  # Kafka is back: the pending commit completes
     assert pub.unreachable_for() == 0.0
     assert len(fake.instances[0].committed) == 1
+
+
+@pytest.mark.parametrize("failing", ["commit_transaction", "produce"])
+def test_publish_many_names_where_to_resume_after_an_outage(
+    fake: type[FakeProducer], failing: str
+) -> None:
+    """A batch cut short by an outage says which record it did not take; resuming there
+    publishes every record exactly once, whether the commit or the produce failed."""
+    clock = FakeClock()
+    pub, metrics = fake_publisher(clock, kafka_outage_s=5, commit_max_records=3)
+    pub.begin(None)
+    records = [b'{"hitIdHigh":1,"hitIdLow":%d}' % n for n in range(8)]
+    pub.publish_many(records[:4], NOW)  # one commit (at the third record), one record open
+    fake.script[failing] = Timeouts(clock)
+    with pytest.raises(PublishError, match="KAFKA_OUTAGE_S"):
+        pub.publish_many(records, NOW, 4)
+    # A failed commit comes after its record was taken; a failed produce before.
+    assert pub.resume_at == (6 if failing == "commit_transaction" else 4)
+    fake.script[failing] = []
+    pub.publish_many(records, NOW, pub.resume_at)
+    pub.commit()
+    assert [v for _, v, _, _ in fake.instances[0].committed] == records
+    assert metrics.records_deduplicated._value.get() == 0
+    assert metrics.records_published._value.get() == len(records)
 
 
 def test_producer_config_is_transactional_and_bounded(fake: type[FakeProducer]) -> None:

@@ -1,0 +1,166 @@
+"""Where a hit's time goes on the pump: each stage timed alone, in one process, one run.
+
+    python bench/stages.py [--hits 100000] [--repeat 3] [--json]
+
+Uses the simulator's own corpus (the records ``bench/run.py`` serves), gzipped as one stream
+and cut into 64 KiB chunks (one socket read). Each stage is timed over every hit, best of
+``--repeat``, and reported in µs per hit:
+
+gunzip        bare ``zlib`` over the chunks (the ceiling does this too)
+frame         ``RecordDecoder.feed`` minus bare zlib: splitting into records
+parse         ``orjson.loads`` per record: the JSON check the dead-letter rule needs
+dedupe        ``HitIdWindow.seen_or_add`` of each hit's id into a fresh default window
+produce       ``Producer.produce`` with the bridge's key and three headers (no broker is
+              needed: messages are queued locally, then purged)
+bare produce  ``Producer.produce`` of the value alone (the ceiling's call)
+
+The rest of ``Publisher.publish_many`` (id and header rules, the open transaction's
+bookkeeping) and the commits are not here: ``bench/run.py`` measures the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+
+from bridge.decode import RecordDecoder  # noqa: E402
+from bridge.dedupe import HitIdWindow  # noqa: E402
+from bridge.simulator import Simulator, SimulatorConfig  # noqa: E402
+
+CHUNK = 64 * 1024
+
+
+def best_of(
+    repeat: int, run: Callable[[], object], setup: Callable[[], None] | None = None
+) -> float:
+    """Fastest of ``repeat`` runs, in seconds (the least disturbed by other jobs)."""
+    times = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def corpus(hits: int) -> list[bytes]:
+    sim = Simulator(SimulatorConfig(total_hits=hits))
+    body = sim._log.corpus.plain(range(hits), [1_770_000_000] * hits, {})
+    return body.split(b"\r\n")[:-1]
+
+
+def measure(hits: int, repeat: int) -> dict[str, float]:
+    records = corpus(hits)
+    compressed = gzip.compress(b"".join(r + b"\r\n" for r in records), 6)
+    chunks = [compressed[i : i + CHUNK] for i in range(0, len(compressed), CHUNK)]
+    docs = [orjson.loads(r) for r in records]
+    ids = [(int(d["hitIdHigh"]), int(d["hitIdLow"])) for d in docs]
+    keys = [f"{d.get('visIdHigh')}:{d.get('visIdLow')}" for d in docs]
+    headers = [
+        [("hit-id", f"{h}:{lo}"), ("report-suite", "rs"), ("received-at", "1")] for h, lo in ids
+    ]
+
+    def bare_zlib() -> None:
+        inflate = zlib.decompressobj(31)
+        for chunk in chunks:
+            inflate.decompress(chunk)
+
+    def feed() -> None:
+        decoder = RecordDecoder(1 << 20)
+        for chunk in chunks:
+            decoder.feed(chunk)
+
+    def parse() -> None:
+        loads = orjson.loads
+        for record in records:
+            loads(record)
+
+    window: list[HitIdWindow] = []
+
+    def fresh_window() -> None:
+        for old in window:
+            old.close()
+        window[:] = [HitIdWindow()]
+
+    def dedupe() -> None:
+        seen_or_add = window[0].seen_or_add
+        for high, low in ids:
+            seen_or_add(high, low)
+
+    conf: dict[str, Any] = {
+        "bootstrap.servers": "127.0.0.1:1",  # never reached: produce() only queues
+        "queue.buffering.max.messages": 2 * hits + 10,
+        "queue.buffering.max.kbytes": 4_000_000,
+        "compression.type": "lz4",
+        "log_level": 0,
+    }
+    producer = Producer(conf)
+
+    def empty() -> None:
+        producer.purge()
+        while len(producer):  # purged messages count until their reports are served
+            producer.poll(0.01)
+
+    def produce() -> None:
+        send = producer.produce
+        for record, key, hdrs in zip(records, keys, headers, strict=True):
+            send("hits", record, key, headers=hdrs)
+
+    def bare_produce() -> None:
+        send = producer.produce
+        for record in records:
+            send("hits", record)
+
+    gunzip_s = best_of(repeat, bare_zlib)
+    out = {
+        "gunzip": gunzip_s,
+        "frame": max(0.0, best_of(repeat, feed) - gunzip_s),
+        "parse": best_of(repeat, parse),
+        "dedupe": best_of(repeat, dedupe, fresh_window),
+        "produce": best_of(repeat, produce, empty),
+        "bare produce": best_of(repeat, bare_produce, empty),
+    }
+    empty()
+    fresh_window()
+    window[0].close()
+    return {name: seconds / hits * 1e6 for name, seconds in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hits", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    us = measure(args.hits, args.repeat)
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in us.items()}))
+        return 0
+    bridge = sum(us[k] for k in ("gunzip", "frame", "parse", "dedupe", "produce"))
+    ceiling = us["gunzip"] + us["frame"] + us["bare produce"]
+    for name, value in us.items():
+        print(f"{name:<13} {value:6.2f} µs/hit")
+    print(
+        f"bridge stages {bridge:.2f} µs/hit, ceiling stages {ceiling:.2f} µs/hit: "
+        f"the stages alone allow the bridge {ceiling / bridge:.2f} x the ceiling"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""bench/run.py end to end, tiny: every phase runs and reports every figure. No timing is judged."""
+"""bench/run.py and bench/stages.py, tiny: every phase and stage reports. No timing is judged."""
 
 from __future__ import annotations
 
@@ -44,3 +44,18 @@ def test_bench_run_reports_every_figure(kafka_bootstrap: str) -> None:
         value = figures[key]
         assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
         assert value > 0, (key, value)
+
+
+def test_bench_stages_reports_every_stage() -> None:
+    """bench/stages.py runs at a tiny size and reports a positive cost for every stage."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    cmd = [sys.executable, str(ROOT / "bench" / "stages.py"), "--hits", "500", "--repeat", "1"]
+    cmd.append("--json")
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(stages) == {"gunzip", "frame", "parse", "dedupe", "produce", "bare produce"}
+    assert all(isinstance(v, float) and v >= 0 for v in stages.values()), stages
+    assert stages["parse"] > 0 and stages["produce"] > 0, stages

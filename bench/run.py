@@ -247,7 +247,7 @@ class BridgeRun:
                 self.proc.wait(10)
 
 
-BRIDGE_PROPERTIES: dict[str, Any] = {"log_level": "3"}  # --bridge-property adds to these
+BRIDGE_PROPERTIES: dict[str, str] = {"log_level": "3"}  # --bridge-property adds to these
 
 
 def start_bridge(
@@ -591,9 +591,6 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip() or "127.0.0.1:9092"
     for item in args.bridge_property:
         name, _, value = item.partition("=")
-        # JSON where it parses (true, 5), so typed librdkafka options keep their type.
-        with contextlib.suppress(ValueError):
-            value = json.loads(value)
         BRIDGE_PROPERTIES[name] = value
     only = set(args.only or ("bridge", "ceiling", "peer", "latency"))
     log = (lambda *_: None) if args.json else (lambda text: print(text, file=sys.stderr))

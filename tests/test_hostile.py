@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import bridge.publish as publish_mod
+import bridge.transactions as transactions_mod
 from bridge.config import KafkaSettings, PublishSettings
 from bridge.decode import OversizedRecord, RecordDecoder
 from bridge.dedupe import hit_id_key, hit_id_text
@@ -36,6 +36,7 @@ from bridge.observability import DLQ_REASONS, Metrics
 from bridge.publish import Publisher
 from tests.harness import metric_value
 from tests.kafkautil import read_all
+from tests.publishing import FakeProducer
 
 U64 = (1 << 64) - 1
 I64_MIN = -(1 << 63)
@@ -267,56 +268,6 @@ def expected_outcome(record: bytes) -> str:
     return "hit"
 
 
-# -- the fake producer of the pure pass --------------------------------------------------
-
-
-class _FakeProducer:
-    """Transactions and librdkafka's synchronous size check, nothing else."""
-
-    def __init__(self, conf: dict[str, Any]) -> None:
-        self.max_bytes = int(conf["message.max.bytes"])
-        self.open: list[tuple[str, bytes, Any, list[tuple[str, str]]]] = []
-        self.committed: list[tuple[str, bytes, Any, list[tuple[str, str]]]] = []
-
-    def init_transactions(self, timeout: float) -> None:
-        pass
-
-    def begin_transaction(self) -> None:
-        pass
-
-    def produce(self, topic: str, value: bytes, key: Any = None, **kw: Any) -> None:
-        headers = list(kw.get("headers") or [])
-        size = len(value) + len(key or "") + sum(len(k) + len(str(v)) for k, v in headers)
-        if size > self.max_bytes:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        self.open.append((topic, bytes(value), key, headers))
-        callback = kw.get("on_delivery")
-        if callback is not None:
-            callback(None, None)
-
-    def commit_transaction(self, timeout: float) -> None:
-        self.committed += self.open
-        self.open = []
-
-    def abort_transaction(self, timeout: float) -> None:
-        self.open = []
-
-    def send_offsets_to_transaction(self, *args: Any) -> None:
-        pass
-
-    def poll(self, timeout: float = 0) -> int:
-        return 0
-
-    def flush(self, timeout: float = 0) -> int:
-        return 0
-
-    def purge(self) -> None:
-        self.open = []
-
-    def __len__(self) -> int:
-        return 0
-
-
 DECODER_MAX = 8192
 
 
@@ -332,25 +283,22 @@ TOPIC_LIMIT = 6000  # max.message.bytes of the fake topic: produce() refuses nea
 
 
 @pytest.fixture
-def pure(monkeypatch: pytest.MonkeyPatch) -> Callable[[], tuple[Publisher, Metrics, list[Any]]]:
+def pure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[], tuple[Publisher, Metrics, list[FakeProducer]]]:
     """A Publisher over the fake producer (no broker): returns (publisher, metrics, producers)."""
-    producers: list[_FakeProducer] = []
-
-    def make_producer(conf: dict[str, Any]) -> _FakeProducer:
-        producers.append(_FakeProducer(conf))
-        return producers[-1]
-
-    monkeypatch.setattr(publish_mod, "Producer", make_producer)
+    monkeypatch.setattr(transactions_mod, "Producer", FakeProducer)
     monkeypatch.setattr(publish_mod, "topic_message_limit", lambda *a, **k: TOPIC_LIMIT)
 
-    def make() -> tuple[Publisher, Metrics, list[Any]]:
-        producers.clear()
+    def make() -> tuple[Publisher, Metrics, list[FakeProducer]]:
+        FakeProducer.instances = []
+        FakeProducer.script = {}
         metrics = Metrics()
         kafka = KafkaSettings(bootstrap_servers="fake:9092", topic=TOPIC, dlq_topic=DLQ)
         cfg = PublishSettings(dedupe_window=10_000, dedupe_seed=False, commit_max_records=1000)
         publisher = Publisher(kafka, cfg, metrics)
         publisher.begin(None)
-        return publisher, metrics, producers
+        return publisher, metrics, FakeProducer.instances
 
     return make
 
@@ -379,7 +327,9 @@ def _decode(lines: list[bytes], cuts: list[int]) -> list[bytes]:
 )
 @given(lines=st.lists(hostile_line, min_size=1, max_size=12), cuts=st.lists(st.integers(0, 10**6)))
 def test_hostile_records_are_classified_and_counted(
-    pure: Callable[[], tuple[Publisher, Metrics, list[Any]]], lines: list[bytes], cuts: list[int]
+    pure: Callable[[], tuple[Publisher, Metrics, list[FakeProducer]]],
+    lines: list[bytes],
+    cuts: list[int],
 ) -> None:
     """Every decoded hostile record is published, dropped as a replay, or dead-lettered with
     the oracle's reason; nothing raises and the metrics count exactly that."""

@@ -31,7 +31,7 @@ def test_bench_run_reports_every_figure(kafka_bootstrap: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--hits", "2000"]
-    cmd += ["--latency-seconds", "2", "--json"]
+    cmd += ["--latency-seconds", "2", "--warmup", "1000", "--json"]
     done = subprocess.run(
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False
     )

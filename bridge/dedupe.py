@@ -33,8 +33,9 @@ never overwritten, so the last ``capacity`` inserted ids are always found.
 
 The pages are faulted in when the window is made (about 40 ms for the default size, during
 a new leader's start-up): left to fault on first write, the first few hundred thousand ids
-of every term each paid about a microsecond more, just when a new leader has a backlog to
-catch up. The window fills all of its pages within seconds at any real rate anyway.
+of every term each paid one to two microseconds more (a page fault), just when a new
+leader has a backlog to catch up. The window touches all of its pages within seconds at
+any real rate anyway.
 
 Memory is ``17 * slots`` bytes, ``slots ~= capacity * (1 + 1/epochs) / load``: about 19 bytes
 per id with the defaults (114 MB for 6,000,000 ids).

@@ -49,17 +49,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
 
 
 def bridge_env(
-    *,
-    stream_url: str,
-    token_url: str,
+    sim: Simulator,
     bootstrap: str,
-    topic: str,
-    deployment: str,
+    *,
     client_id: str = "sim-client",
     client_secret: str = "sim-secret",
     **extra: str,
 ) -> dict[str, str]:
-    """Environment for one replica of deployment ``deployment`` (shared election, txn id)."""
+    """Environment for a replica of a new deployment fed by ``sim``: its own name, hence its
+    own topic ``hits-<name>``, election and transactional id. Replicas of one deployment
+    share one such environment."""
+    deployment = deployment_name()
+    topic, stream_url, token_url = f"hits-{deployment}", sim.stream_url, sim.token_url
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env.update(
         {
@@ -232,6 +233,11 @@ def wait_for_all(
     except AssertionError:
         raise AssertionError(f"topic incomplete: {last[0].line() if last else '?'}") from None
     return last[0]
+
+
+def flowing(sim: Simulator, more_than: int) -> None:
+    """Wait (up to 60 s) until ``sim`` has fully written more than ``more_than`` hits."""
+    wait_until(lambda: len(sim.emitted_hit_ids()) > more_than, 60, f"{more_than} hits to flow")
 
 
 def deployment_name() -> str:

@@ -13,9 +13,9 @@ from bridge.simulator import Simulator
 from tests.harness import (
     BridgeProc,
     bridge_env,
-    deployment_name,
     failover_simulator_config,
     finish,
+    flowing,
     leader_of,
     running_pair,
     wait_until,
@@ -40,13 +40,9 @@ def pair(
     sim: Simulator, kafka_bootstrap: str, tmp_path: Path
 ) -> Iterator[tuple[BridgeProc, BridgeProc]]:
     """Two replicas of one deployment (shared election group and transactional id)."""
-    name = deployment_name()
     env = bridge_env(
-        stream_url=sim.stream_url,
-        token_url=sim.token_url,
-        bootstrap=kafka_bootstrap,
-        topic=f"hits-{name}",
-        deployment=name,
+        sim,
+        kafka_bootstrap,
         BRIDGE_LIVESTREAM__RECONNECT_GRACE_S=str(GRACE_S),
         BRIDGE_LIVESTREAM__BACKOFF_CAP_S="8",
         BRIDGE_ELECTION__SESSION_TIMEOUT_MS=str(int(SESSION_S * 1000)),
@@ -60,7 +56,7 @@ def test_pair_holds_exactly_one_connection(
 ) -> None:
     """Two replicas started together: one connects, the simulator never sees two, no 409."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 2000, 60, "hits to flow")
+    flowing(sim, 2000)
     assert standby.role() == "standby"
     assert sim.max_concurrent_connections() == 1
     assert [a for a in sim.attempts() if a["status"] == 409] == []
@@ -73,7 +69,7 @@ def test_kill_9_of_the_leader_fails_over_within_bounds(
 ) -> None:
     """kill -9: the standby streams within session + grace + 10 s; nothing lost or doubled."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1000, 60, "hits to flow")
+    flowing(sim, 1000)
     killed_at = time.monotonic()
     lead.kill()
     wait_until(standby.streaming, SESSION_S + GRACE_S + 10 + 5, "the standby to stream")
@@ -89,7 +85,7 @@ def test_sigterm_hands_over_promptly(
 ) -> None:
     """SIGTERM: the leader releases cleanly and the standby streams within grace + 5 s."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1000, 60, "hits to flow")
+    flowing(sim, 1000)
     stopped_at = time.monotonic()
     assert lead.stop() == 0
     wait_until(standby.streaming, GRACE_S + 5 + 5, "the standby to stream")
@@ -106,7 +102,7 @@ def test_sigstop_leader_is_deposed_and_fenced(
     """SIGSTOP for twice the session: after SIGCONT the old leader steps down without
     reconnecting, the new one streams, and nothing the zombie wrote becomes visible."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1000, 60, "hits to flow")
+    flowing(sim, 1000)
     lead.signal(signal.SIGSTOP)
     wait_until(lambda: standby.role() == "leader", SESSION_S * 2 + 10, "the standby to lead")
     # Hold the zombie frozen for twice the session: this wait is the fault, not a sync.

@@ -21,9 +21,9 @@ from tests import harness
 from tests.harness import (
     BridgeProc,
     bridge_env,
-    deployment_name,
     failover_simulator_config,
     finish,
+    flowing,
     running_pair,
     takeovers,
     wait_until,
@@ -69,13 +69,9 @@ def pair(
     sim: Simulator, kafka_bootstrap: str, ns: str, lease_kubeconfig: Path, tmp_path: Path
 ) -> Iterator[tuple[BridgeProc, BridgeProc]]:
     """Two replicas of one deployment electing through one Lease (shared transactional id)."""
-    name = deployment_name()
     env = bridge_env(
-        stream_url=sim.stream_url,
-        token_url=sim.token_url,
-        bootstrap=kafka_bootstrap,
-        topic=f"hits-{name}",
-        deployment=name,
+        sim,
+        kafka_bootstrap,
         BRIDGE_LIVESTREAM__RECONNECT_GRACE_S=str(GRACE_S),
         BRIDGE_LIVESTREAM__BACKOFF_CAP_S="8",
         BRIDGE_ELECTION__BACKEND="kubernetes",
@@ -114,7 +110,7 @@ def test_pair_holds_exactly_one_connection(
     sees two connections, and no 409."""
     lead, standby = leader_of(pair)
     assert admin.holder(ns, LEASE) == identity(lead)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 2000, 60, "hits to flow")
+    flowing(sim, 2000)
     assert standby.role() == "standby"
     assert not standby.streaming()
     assert admin.holder(ns, LEASE) == identity(lead)
@@ -134,7 +130,7 @@ def test_kill_9_of_the_leader_fails_over_within_bounds(
 ) -> None:
     """kill -9: the standby streams within lease + grace + 10 s; nothing lost or doubled."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1000, 60, "hits to flow")
+    flowing(sim, 1000)
     killed_at = time.monotonic()
     lead.kill()
     wait_until(standby.streaming, LEASE_S + GRACE_S + 10 + 5, "the standby to stream")
@@ -160,7 +156,7 @@ def test_sigstop_leader_is_deposed_and_fenced(
     """SIGSTOP for twice the lease duration: after SIGCONT the old leader steps down, the new
     one streams, and nothing the zombie wrote becomes visible."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1000, 60, "hits to flow")
+    flowing(sim, 1000)
     stopped_at = time.monotonic()
     lead.signal(signal.SIGSTOP)
     wait_until(lambda: standby.role() == "leader", LEASE_S * 2 + 10, "the standby to lead")
@@ -203,7 +199,7 @@ def test_sigterm_hands_over_promptly(
 ) -> None:
     """SIGTERM: the leader releases the Lease and the standby streams within grace + 5 s."""
     lead, standby = leader_of(pair)
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1000, 60, "hits to flow")
+    flowing(sim, 1000)
     stopped_at = time.monotonic()
     assert lead.stop() == 0
     wait_until(standby.streaming, GRACE_S + 5 + 5, "the standby to stream")

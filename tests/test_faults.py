@@ -28,6 +28,7 @@ from tests.harness import (
     bridge_env,
     deployment_name,
     first_stream_after,
+    flowing,
     log_events,
     metric_value,
     reconnect_gaps,
@@ -72,7 +73,6 @@ def sim() -> Iterator[Simulator]:
 
 def solo(sim: Simulator, bootstrap: str, tmp_path: Path, **extra: str) -> BridgeProc:
     """One replica (election none) of a fresh deployment; grace 1 s and cap 4 s by default."""
-    name = deployment_name()
     settings = {
         "BRIDGE_ELECTION__BACKEND": "none",
         "BRIDGE_LIVESTREAM__RECONNECT_GRACE_S": str(GRACE_S),
@@ -80,11 +80,8 @@ def solo(sim: Simulator, bootstrap: str, tmp_path: Path, **extra: str) -> Bridge
         **extra,
     }
     env = bridge_env(
-        stream_url=sim.stream_url,
-        token_url=sim.token_url,
-        bootstrap=bootstrap,
-        topic=f"hits-{name}",
-        deployment=name,
+        sim,
+        bootstrap,
         **settings,
     )
     return BridgeProc("solo", env, tmp_path)
@@ -92,10 +89,6 @@ def solo(sim: Simulator, bootstrap: str, tmp_path: Path, **extra: str) -> Bridge
 
 def topic_of(proc: BridgeProc) -> str:
     return proc.env["BRIDGE_KAFKA__TOPIC"]
-
-
-def flowing(sim: Simulator, more_than: int) -> None:
-    wait_until(lambda: len(sim.emitted_hit_ids()) > more_than, 60, f"{more_than} hits to flow")
 
 
 def streams(sim: Simulator) -> list[dict[str, Any]]:
@@ -520,14 +513,10 @@ def test_broker_stop_start_mid_stream_pair(own_broker: OwnBroker, tmp_path: Path
     closed cleanly, a replica leads again, nothing lost, doubled or zombie-visible."""
     if not own_broker.running():
         own_broker.start()
-    name = deployment_name()
     with make_sim(rate=400.0) as sim:
         env = bridge_env(
-            stream_url=sim.stream_url,
-            token_url=sim.token_url,
-            bootstrap=own_broker.bootstrap,
-            topic=f"hits-{name}",
-            deployment=name,
+            sim,
+            own_broker.bootstrap,
             BRIDGE_LIVESTREAM__RECONNECT_GRACE_S=str(GRACE_S),
             BRIDGE_LIVESTREAM__BACKOFF_CAP_S=str(CAP_S),
             BRIDGE_PUBLISH__KAFKA_OUTAGE_S="5",

@@ -23,7 +23,6 @@ from bridge.simulator import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     bridge_env,
-    deployment_name,
     log_events,
     scrape,
     wait_for_all,
@@ -46,13 +45,9 @@ def leaks(haystacks: list[bytes], needles: list[str]) -> list[str]:
 
 
 def env_for(sim: Simulator, bootstrap: str, **extra: str) -> dict[str, str]:
-    name = deployment_name()
     return bridge_env(
-        stream_url=sim.stream_url,
-        token_url=sim.token_url,
-        bootstrap=bootstrap,
-        topic=f"hits-{name}",
-        deployment=name,
+        sim,
+        bootstrap,
         client_secret=CLIENT_SECRET,
         **extra,
     )

@@ -21,7 +21,6 @@ from tests.harness import (
     BridgeProc,
     OwnBroker,
     bridge_env,
-    deployment_name,
     log_events,
     scrape,
     wait_for_all,
@@ -59,13 +58,9 @@ def _free() -> int:
 def secure_bridge(
     broker: OwnBroker, sim: Simulator, tmp_path: Path, *, password: str, ca: Path, **extra: str
 ) -> BridgeProc:
-    name = deployment_name()
     env = bridge_env(
-        stream_url=sim.stream_url,
-        token_url=sim.token_url,
-        bootstrap=broker.sasl_bootstrap,
-        topic=f"hits-{name}",
-        deployment=name,
+        sim,
+        broker.sasl_bootstrap,
         BRIDGE_KAFKA__SECURITY_PROTOCOL="SASL_SSL",
         BRIDGE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
         BRIDGE_KAFKA__SASL_USERNAME=broker.scram_user,

@@ -13,7 +13,7 @@ from bridge.simulator import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     bridge_env,
-    deployment_name,
+    flowing,
     hit_ids,
     wait_for_all,
     wait_until,
@@ -47,13 +47,9 @@ def sim() -> Iterator[Simulator]:
 
 
 def single(sim: Simulator, kafka_bootstrap: str, tmp_path: Path, **extra: str) -> BridgeProc:
-    topic = f"hits-{deployment_name()}"
     env = bridge_env(
-        stream_url=sim.stream_url,
-        token_url=sim.token_url,
-        bootstrap=kafka_bootstrap,
-        topic=topic,
-        deployment=deployment_name(),
+        sim,
+        kafka_bootstrap,
         client_secret=SECRET,
         BRIDGE_ELECTION__BACKEND="none",
         **extra,
@@ -133,7 +129,7 @@ def test_restart_mid_stream_loses_and_duplicates_nothing(
     """SIGTERM mid-stream, then a new process: the seeded window drops the replays, nothing lost."""
     bridge = single(sim, kafka_bootstrap, tmp_path).start()
     topic = bridge.env["BRIDGE_KAFKA__TOPIC"]
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1500, 60, "some hits to flow")
+    flowing(sim, 1500)
     assert bridge.stop() == 0
     bridge.start()
     try:
@@ -150,7 +146,7 @@ def test_kill_9_restart_loses_and_duplicates_nothing(
     fills the gap, the seeded window drops what was already committed."""
     bridge = single(sim, kafka_bootstrap, tmp_path).start()
     topic = bridge.env["BRIDGE_KAFKA__TOPIC"]
-    wait_until(lambda: len(sim.emitted_hit_ids()) > 1500, 60, "some hits to flow")
+    flowing(sim, 1500)
     bridge.signal(signal.SIGKILL)
     bridge.wait(30)
     bridge.start()

@@ -8,7 +8,10 @@
 # Two stages: "builder" creates a virtualenv and installs everything into it; the final
 # stage copies only that virtualenv onto a clean slim base. Every dependency ships as a
 # binary wheel for linux/amd64 and linux/arm64, so no compiler is installed in either
-# stage (and none can leak into the final image).
+# stage (and none can leak into the final image). Every Python package is the one uv.lock
+# names, checked against its SHA-256; scripts/sbom lists them (CycloneDX).
+#
+# Renovate (renovate.json) proposes base image updates and pins its digest.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -16,44 +19,57 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
-
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes,
-# not on every source edit. The list is read from [project].dependencies so there is one
-# place to change it.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
-    && pip install --upgrade pip "setuptools>=68" wheel \
-    && pip install -r /tmp/requirements.txt
+# Dependencies first, in their own layer: rebuilt only when the lock (or pyproject.toml, which
+# it must match) changes, not on every source edit. Everything comes from uv.lock, verified
+# by SHA-256: uv itself (into the builder's own Python, never into the image's venv), then
+# the runtime set and the build backend, which pip installs with --require-hashes. A lock
+# that is out of date with pyproject.toml fails the build (scripts/lock --check).
+COPY pyproject.toml uv.lock ./
+COPY scripts/lock ./scripts/
+RUN python scripts/lock --uv-pin > /tmp/uv-requirements.txt \
+    && python -m pip install --require-hashes -r /tmp/uv-requirements.txt \
+    && python scripts/lock --check \
+    && python scripts/lock --export runtime -o /tmp/requirements.txt \
+    && python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --require-hashes -r /tmp/requirements.txt
 
-# Then the package itself, without touching the dependencies installed above (setuptools
-# from the step above is the build backend, so nothing more is fetched). pyproject names
-# README.md; "README.m[d]" is a pattern so the build also works while there is none, and
+ENV PATH=/opt/venv/bin:$PATH
+
+# Then the package itself, without touching the dependencies installed above; the locked
+# setuptools is the build backend, so nothing more is fetched. pyproject names README.md;
+# "README.m[d]" is a pattern so the build also works while there is none, and
 # pyproject.toml (unchanged, so no cache miss) keeps the COPY from having zero sources.
+# Byte code with unchecked hashes: no build time inside, and the venv never changes.
 COPY pyproject.toml README.m[d] ./
 COPY bridge/ ./bridge/
 RUN pip install --no-deps --no-build-isolation . \
-    && python -m compileall -q /opt/venv \
+    && python -m compileall -q -f --invalidation-mode unchecked-hash /opt/venv \
     && livestream-bridge --version
 
 # --- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 
-# Set both in CI: --build-arg VERSION=$(git describe) --build-arg SOURCE_URL=<repository URL>
+# OCI labels (what the image is, where from, which commit). Set in CI:
+#   --build-arg VERSION=$(git describe --tags) --build-arg REVISION=$(git rev-parse HEAD)
+#   --build-arg SOURCE_URL=<repository URL>
+# The license is the project's (pyproject.toml), not a build-time fact, so it is no argument.
+# No "created" label: a timestamp would make every rebuild of one commit a different image.
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
+ARG REVISION=unknown
 ARG SOURCE_URL=https://example.invalid/livestream-bridge
 LABEL org.opencontainers.image.title="livestream-bridge" \
       org.opencontainers.image.description="Adobe Analytics Live Stream to Kafka, exactly once, as a hot-standby pair" \
       org.opencontainers.image.source="${SOURCE_URL}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}"
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
 COPY --from=builder /opt/venv /opt/venv
 

@@ -5,7 +5,8 @@ about 24 h) and no refresh token, so a new token is simply asked for before the 
 runs out. Tokens are only needed when connecting, so ``token()`` is called once per
 connection attempt: refresh traffic is bounded by the reconnect schedule.
 
-Secrets (client secret, tokens) never appear in log lines, exception messages or reprs.
+Secrets (client secret, tokens) never appear in log lines, exception messages or reprs;
+every token handed out joins the process's ``Secrets``, so whatever logs text scrubs it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from collections.abc import Callable
 from typing import Protocol
 
 import httpx
+import orjson
 
 from bridge.config import AuthSettings
 from bridge.errors import AuthError, UpstreamLost
+from bridge.httpclient import TOKEN_TIMEOUT_S
 from bridge.observability import EventLog, Metrics
+from bridge.secrets import Secrets
 
 log = EventLog("bridge.auth")
 
@@ -31,13 +35,15 @@ _RETRIABLE_4XX = frozenset({408, 429})
 _MS_THRESHOLD_S = 30 * 24 * 3600
 # Never use a token closer than this to its expiry, even when a refresh just failed.
 _EXPIRY_SAFETY_S = 30.0
-# The token request's own bound: the shared client's read timeout is the (long) stall
-# watchdog of the stream, far too long for a hung token endpoint.
-_TOKEN_TIMEOUT = httpx.Timeout(30.0)
+# Set per request too, whatever client the provider was given.
+_TOKEN_TIMEOUT = httpx.Timeout(TOKEN_TIMEOUT_S)
 
 
 class TokenProvider(Protocol):
     """Where the upstream client gets its bearer token."""
+
+    # False when invalidate() cannot bring a different token: a refused one stays refused.
+    renewable: bool
 
     def token(self) -> str:
         """A valid bearer token (fetched or refreshed as needed; thread-safe)."""
@@ -51,10 +57,14 @@ class TokenProvider(Protocol):
 class StaticToken:
     """A fixed token from the settings; it cannot be renewed."""
 
-    def __init__(self, token: str) -> None:
+    renewable = False
+
+    def __init__(self, token: str, secrets: Secrets | None = None) -> None:
         if not token:
             raise ValueError("empty access token")
         self._token = token
+        if secrets is not None:
+            secrets.add(token)
 
     def token(self) -> str:
         return self._token
@@ -75,12 +85,16 @@ class OAuthTokens:
     (400, 401, 403 and other non-retriable 4xx) raise ``AuthError`` at once.
     """
 
+    renewable = True
+
     def __init__(
         self,
         settings: AuthSettings,
         http: httpx.Client,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        secrets: Secrets | None = None,
     ) -> None:
         if settings.client_id is None or settings.client_secret is None:
             raise ValueError("OAuth needs client_id and client_secret")
@@ -89,6 +103,7 @@ class OAuthTokens:
         self._http = http
         self._metrics = metrics
         self._clock = clock
+        self._secrets = secrets
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0  # clock() time the token dies
@@ -151,15 +166,17 @@ class OAuthTokens:
                 raise AuthError(f"token endpoint refused the credentials: {status}{detail}")
             raise AuthError(f"token endpoint answered {status}{detail}: check token_url")
         try:
-            body = answer.json()
+            body = orjson.loads(answer.content)
             token = body["access_token"]
             expires_in = float(body.get("expires_in", 0))
-        except (ValueError, KeyError, TypeError):
+        except Exception:  # any parser failure or odd shape: an unusable answer, no crash
             self._failed()
             raise UpstreamLost("token endpoint answered 200 without a usable token") from None
         if not isinstance(token, str) or not token or expires_in <= 0:
             self._failed()
             raise UpstreamLost("token endpoint answered 200 without a usable token")
+        if self._secrets is not None:
+            self._secrets.add(token)  # before anything could log it
         if expires_in > _MS_THRESHOLD_S:
             expires_in /= 1000.0
         margin = min(self._settings.refresh_before_s, expires_in / 2)
@@ -177,8 +194,8 @@ class OAuthTokens:
 def _ims_error(answer: httpx.Response) -> str:
     """IMS's short error code (``invalid_client``...), never the free text or the body."""
     try:
-        body = answer.json()
-    except ValueError:
+        body = orjson.loads(answer.content)
+    except Exception:  # orjson refuses deep nesting too; no code is just no code
         return ""
     code = body.get("error") if isinstance(body, dict) else None
     if isinstance(code, str) and code.replace("_", "").isalnum() and len(code) <= 64:
@@ -187,10 +204,15 @@ def _ims_error(answer: httpx.Response) -> str:
 
 
 def make_token_provider(
-    settings: AuthSettings, http: httpx.Client, metrics: Metrics
+    settings: AuthSettings,
+    http: httpx.Client,
+    metrics: Metrics,
+    *,
+    secrets: Secrets | None = None,
 ) -> TokenProvider:
-    """OAuth when client credentials are set, else the static access token."""
+    """OAuth when client credentials are set, else the static access token; every token
+    it hands out is added to ``secrets``."""
     if settings.client_id is not None and settings.client_secret is not None:
-        return OAuthTokens(settings, http, metrics)
+        return OAuthTokens(settings, http, metrics, secrets=secrets)
     assert settings.access_token is not None  # AuthSettings guarantees one or the other
-    return StaticToken(settings.access_token.get_secret_value())
+    return StaticToken(settings.access_token.get_secret_value(), secrets)

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from bridge import __version__
-from bridge.config import Settings, load_settings, masked
+from bridge.config import INSECURE_HTTP_VAR, Settings, cleartext_urls, load_settings, masked
 from bridge.errors import (
     AuthError,
     ConfigError,
@@ -85,6 +85,16 @@ def _check_config(args: argparse.Namespace) -> int:
     if isinstance(settings, int):
         return settings
     print(json.dumps(masked(settings), indent=2, sort_keys=True))
+    for name, loopback in cleartext_urls(settings):
+        # stderr, so stdout stays one JSON document for scripts.
+        if loopback:
+            print(f"note: {name} uses cleartext http to a loopback host", file=sys.stderr)
+        else:
+            print(
+                f"warning: {name} uses cleartext http, allowed by {INSECURE_HTTP_VAR}: "
+                "credentials travel unencrypted",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 
@@ -93,14 +103,21 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(settings, int):
         return settings
     from bridge.observability import EventLog, configure_logging
+    from bridge.secrets import Secrets, secret_values
     from bridge.service import Bridge
 
-    configure_logging(settings.log.format, settings.log.level, _secret_values(settings))
+    # One instance for the whole process: tokens the bridge fetches join the configured
+    # secrets, and the log redactor sees them from then on.
+    secrets = Secrets(secret_values(settings))
+    configure_logging(settings.log.format, settings.log.level, secrets)
     log = EventLog("bridge.cli")
+    for name, loopback in cleartext_urls(settings):
+        if not loopback:
+            log.warning("config.insecure_url", variable=name, allowed_by=INSECURE_HTTP_VAR)
     stop = threading.Event()
     _install_signals(stop)
     try:
-        Bridge(settings).run(stop)
+        Bridge(settings, secrets=secrets).run(stop)
     except (KafkaSetupError, ConfigError) as exc:
         log.error("bridge.config_error", error=str(exc))
         return EXIT_CONFIG
@@ -114,17 +131,6 @@ def _run(args: argparse.Namespace) -> int:
         log.error("bridge.crashed", error=f"{type(exc).__name__}: {exc}")
         return EXIT_ERROR
     return EXIT_OK
-
-
-def _secret_values(settings: Settings) -> list[str]:
-    values = [
-        settings.auth.client_secret,
-        settings.auth.access_token,
-        settings.kafka.sasl_password,
-    ]
-    out = [v.get_secret_value() for v in values if v is not None]
-    out += [v for k, v in settings.kafka.properties.items() if "password" in k or "secret" in k]
-    return out
 
 
 def _install_signals(stop: threading.Event) -> None:

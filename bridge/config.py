@@ -8,6 +8,7 @@ the two in step. Secrets are ``SecretStr`` so they never print.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -35,6 +36,7 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigError
+from bridge.secrets import MASK, Secrets, is_secret_name, secret_values
 
 ENV_PREFIX = "BRIDGE_"
 DELIMITER = "__"
@@ -43,6 +45,29 @@ ADOBE_SCOPE = (
     "openid,AdobeID,read_organizations,"
     "additional_info.projectedProductContext,additional_info.job_function"
 )
+
+
+INSECURE_HTTP_VAR = "BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP"
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is no number or out of range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when ``url`` names this machine (127.0.0.0/8, ::1 or localhost)."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _Section(BaseModel):
@@ -70,6 +95,13 @@ class LivestreamSettings(_Section):
         300.0, gt=0, description="close a connection silent for this long"
     )
     connect_timeout_s: float = Field(30.0, gt=0, description="TCP/TLS connect timeout")
+    # A redirect re-sends the bearer token, so it may only lead where Adobe serves streams.
+    redirect_hosts: str = Field(
+        "*.adobe.net",
+        pattern=r"^\s*((\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\s*(,\s*|$))*$",
+        description="hosts a redirect may lead to, https only (comma-separated; *.domain: "
+        "its subdomains); the URL's own scheme and host are always allowed",
+    )
     max_record_bytes: int = Field(
         1_000_000, ge=1024, description="larger records go to the dead-letter topic"
     )
@@ -78,11 +110,22 @@ class LivestreamSettings(_Section):
     queue_bytes: int = Field(
         4_000_000, ge=65536, description="compressed bytes buffered between reader and Kafka"
     )
+    # JSON hits gunzip about ten to one; a stream far beyond that is a gzip bomb or garbage.
+    max_compression_ratio: float = Field(
+        200.0,
+        gt=1,
+        description="close a stream that inflates beyond this ratio over 1 MiB (gzip bomb)",
+    )
+
+    allow_insecure_http: bool = Field(
+        False,
+        description="INSECURE: allow http:// to a non-loopback host for this URL and "
+        "BRIDGE_AUTH__TOKEN_URL (credentials and tokens then travel in cleartext)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LivestreamSettings:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        if not _is_http_url(self.url):
             raise ValueError("url: must be an absolute http(s) URL")
         if self.backoff_cap_s < self.reconnect_grace_s:
             raise ValueError("backoff_cap_s: must not be below reconnect_grace_s")
@@ -107,6 +150,8 @@ class AuthSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> AuthSettings:
+        if not _is_http_url(self.token_url):
+            raise ValueError("token_url: must be an absolute http(s) URL")
         if self.access_token is None and (self.client_id is None or self.client_secret is None):
             raise ValueError(
                 "client_secret: OAuth needs client_id and client_secret (or set access_token)"
@@ -178,6 +223,12 @@ class PublishSettings(_Section):
         6_000_000, ge=0, description="recent hit ids remembered to drop replays (0: off)"
     )
     dedupe_seed: bool = Field(True, description="seed the window from the topic's tail")
+    dedupe_seed_s: float = Field(
+        300.0,
+        gt=0,
+        description="seed with the hits committed in the last this many seconds "
+        "(Live Stream's resume window plus failover; at most dedupe_window ids)",
+    )
 
 
 class ElectionSettings(_Section):
@@ -203,6 +254,11 @@ class ElectionSettings(_Section):
     renew_deadline_s: float = Field(10.0, gt=0, description="Kubernetes renew deadline")
     retry_period_s: float = Field(2.0, gt=0, description="Kubernetes retry period")
     kubeconfig: str | None = Field(None, description="kubeconfig path (outside a cluster)")
+    state_file: str | None = Field(
+        None,
+        description="backend none: file (on a volume) that carries the reconnect grace "
+        "across restarts; unset, absent or unreadable: wait the full grace at start",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ElectionSettings:
@@ -266,6 +322,39 @@ class Settings(BaseSettings):
         # which the plain secrets source cannot do.
         secrets = NestedSecretsSettingsSource(file_secret_settings)
         return (init_settings, env_settings, dotenv_settings, secrets)
+
+    @model_validator(mode="after")
+    def _refuse_cleartext(self) -> Settings:
+        # Both URLs carry credentials (bearer token, client secret): plain http is for this
+        # machine only, unless the operator opts out by name.
+        if self.livestream.allow_insecure_http:
+            return self
+        refused = [
+            f"{name}: http:// to a host other than this machine sends credentials in "
+            f"cleartext, use https (or set {INSECURE_HTTP_VAR}=true)"
+            for name, url in _credential_urls(self)
+            if urlsplit(url).scheme == "http" and not is_loopback_url(url)
+        ]
+        if refused:
+            raise ValueError("; ".join(refused))  # load_settings makes one line of each
+        return self
+
+
+def _credential_urls(settings: Settings) -> list[tuple[str, str]]:
+    return [
+        (env_name("livestream", "url"), settings.livestream.url),
+        (env_name("auth", "token_url"), settings.auth.token_url),
+    ]
+
+
+def cleartext_urls(settings: Settings) -> list[tuple[str, bool]]:
+    """(variable, whether its host is loopback) for each credential-carrying URL using
+    plain http; one that is not loopback got through by ``INSECURE_HTTP_VAR``."""
+    return [
+        (name, is_loopback_url(url))
+        for name, url in _credential_urls(settings)
+        if urlsplit(url).scheme == "http"
+    ]
 
 
 def _sections() -> dict[str, type[_Section]]:
@@ -404,14 +493,31 @@ def _field_annotation(body: str) -> Any:
 
 
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, every secret replaced by ``***``."""
+    """The effective settings as plain data, every secret replaced by ``***``.
+
+    What is secret is decided by ``bridge.secrets`` alone: a secret-named client property
+    is masked whole, and a secret value quoted anywhere else (in a URL, say) is cut out.
+    """
+    secrets = Secrets(secret_values(settings))
+
+    def mask(value: Any, name: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        if isinstance(value, str):
+            return MASK if name and is_secret_name(name) else secrets.scrub(value)
+        return value
+
     data = settings.model_dump(mode="json")
-    props = data["kafka"]["properties"]
-    for key in props:
-        if any(word in key for word in ("password", "secret", "key", "token")):
-            props[key] = "***"
-    for section, model in _sections().items():
-        for field, info in model.model_fields.items():
-            if "SecretStr" in str(info.annotation) and data[section][field] is not None:
-                data[section][field] = "***"
-    return data
+    out: dict[str, Any] = {}
+    for section, fields in data.items():
+        model = _sections()[section]
+        out[section] = {
+            # SecretStr fields dump as "**********" already; a plain, settled "***" is clearer.
+            field: MASK
+            if value is not None and "SecretStr" in str(model.model_fields[field].annotation)
+            else mask(value)
+            for field, value in fields.items()
+        }
+    return out

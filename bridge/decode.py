@@ -6,20 +6,31 @@ chunks the network delivers, and so may a gzip member. Each record's bytes are p
 exactly as Adobe sent them, less the line ending: nothing is parsed or re-serialised here,
 so changes of field formatting on Adobe's side cannot break the bridge.
 
-Memory stays bounded whatever arrives: gunzip runs in steps of at most ``_STEP`` output
-bytes (a tiny compressed chunk can expand a thousandfold), and a record longer than
-``max_record_bytes`` is kept only as its first ``max_record_bytes`` bytes while the rest is
-counted and dropped as it streams in.
+Memory stays bounded whatever arrives:
+
+- ``batches`` gunzips in steps of at most ``_STEP`` output bytes and hands over the records
+  of each step before it makes the next, so a caller that publishes a batch before asking
+  for the next holds one step's worth of records at a time (a tiny compressed chunk can
+  expand a thousandfold).
+- A stream that inflates beyond ``max_ratio`` to one, measured over every ``_RATIO_SPAN``
+  bytes of output, is no hit stream (JSON hits compress about ten to one): it is treated as
+  broken (``UpstreamLost``), like corrupt gzip. So a gzip bomb costs at most one span of
+  output before the connection is closed.
+- A record longer than ``max_record_bytes`` is kept only as its first ``max_record_bytes``
+  bytes while the rest is counted and dropped as it streams in.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 from bridge.errors import UpstreamLost
 
 _GZIP_WBITS = 31  # zlib: gzip header and trailer, 32 KiB window
 _STEP = 1 << 20  # most bytes gunzipped in one step
+_RATIO_SPAN = 1 << 20  # output over which the compression ratio is judged
+DEFAULT_MAX_RATIO = 200.0
 
 
 class OversizedRecord(bytes):
@@ -42,16 +53,23 @@ class OversizedRecord(bytes):
 class RecordDecoder:
     """Incremental gunzip and record framing for one connection's body.
 
-    ``feed`` takes raw (still compressed) body bytes and returns the records they complete.
-    A corrupt stream raises ``UpstreamLost("corrupt gzip stream")``; the decoder is then
-    unusable, which is fine: a new connection gets a new decoder.
+    ``batches`` takes raw (still compressed) body bytes and yields the records they
+    complete, one bounded batch per gunzip step; ``feed`` is the same as one list. A corrupt
+    stream, or one that inflates beyond ``max_ratio``, raises ``UpstreamLost``; the decoder
+    is then unusable, which is fine: a new connection gets a new decoder.
     """
 
-    def __init__(self, max_record_bytes: int) -> None:
+    def __init__(self, max_record_bytes: int, max_ratio: float = DEFAULT_MAX_RATIO) -> None:
         if max_record_bytes < 1:
             raise ValueError("max_record_bytes must be positive")
+        if max_ratio <= 1:
+            raise ValueError("max_ratio must be above 1")
         self.max_record_bytes = max_record_bytes
+        self.max_ratio = max_ratio
         self.decompressed_bytes = 0
+        # Output and input of the current ratio span.
+        self._span_out = 0
+        self._span_in = 0
         self._inflate: zlib._Decompress | None = None  # None: the next byte starts a member
         self._partial = bytearray()  # start of a record whose end has not arrived yet
         # Set while the current record is too long: its head and how long it is so far.
@@ -65,30 +83,56 @@ class RecordDecoder:
         return len(self._partial) + self._big_size
 
     def feed(self, data: bytes) -> list[bytes]:
-        """Gunzip ``data`` and return every record it completes, in order."""
-        out: list[bytes] = []
+        """Gunzip ``data`` and return every record it completes, in order.
+
+        At most ``max_ratio`` times ``len(data)`` (plus one span) of output: fine for
+        tests and benchmarks; the pump uses ``batches`` to hold one step at a time.
+        """
+        return [record for batch in self.batches(data) for record in batch]
+
+    def batches(self, data: bytes) -> Iterator[list[bytes]]:
+        """Gunzip ``data`` step by step, yielding the records each step completes."""
         pending = data
         while True:
             inflate = self._inflate
             if inflate is None:
                 if not pending:
-                    break
+                    return
                 inflate = self._inflate = zlib.decompressobj(_GZIP_WBITS)
             try:
                 piece = inflate.decompress(pending, _STEP)
             except zlib.error:
                 raise UpstreamLost("corrupt gzip stream") from None
+            if inflate.eof:  # member done; whatever follows starts the next one
+                rest = inflate.unused_data
+                self._inflate = None
+            else:
+                rest = inflate.unconsumed_tail
+            self._measure(len(pending) - len(rest), len(piece))
+            pending = rest
             if piece:
                 self.decompressed_bytes += len(piece)
+                out: list[bytes] = []
                 self._frame(piece, out)
-            if inflate.eof:  # member done; whatever follows starts the next one
-                pending = inflate.unused_data
-                self._inflate = None
-            elif len(piece) < _STEP:  # zlib needs more input
-                break
-            else:  # step full: go on with the rest (b"" still drains zlib's own buffer)
-                pending = inflate.unconsumed_tail
-        return out
+                if out:
+                    yield out
+            if self._inflate is not None and len(piece) < _STEP:  # zlib needs more input
+                return
+            # Otherwise the step was full, or a member ended: go on with the rest (b"" still
+            # drains zlib's own buffer).
+
+    def _measure(self, consumed: int, produced: int) -> None:
+        self._span_in += consumed
+        self._span_out += produced
+        if self._span_out < _RATIO_SPAN:
+            return
+        ratio = self._span_out / max(1, self._span_in)
+        self._span_in = self._span_out = 0
+        if ratio > self.max_ratio:
+            raise UpstreamLost(
+                f"compression ratio {ratio:.0f}:1 is beyond any hit stream "
+                f"(limit {self.max_ratio:.0f}:1): a broken or hostile stream"
+            )
 
     def _frame(self, piece: bytes, out: list[bytes]) -> None:
         limit = self.max_record_bytes

@@ -6,6 +6,12 @@ Live Stream resends hits around reconnects; a hit is the same hit when its id, t
 positive would drop a real hit, which is data loss. A false negative (an id older than the
 window) only lets a duplicate through.
 
+Two ids are the same id when both parts are the same JSON value, a number and the string
+of its canonical decimal counting as one (``123`` = ``"123"``, but ``"0123"`` is another id).
+Numeric ids in 0..2**64-1 are the key themselves; any other id is hashed from an
+unambiguous (tagged, length-prefixed) encoding of its two parts, so ``"a:b"``+``"c"`` and
+``"a"``+``"b:c"`` differ: distinct ids share a key only on a 128-bit BLAKE2b collision.
+
 Layout (why not a ``set``: a Python int pair costs ~100 bytes, 6M of them ~600 MB)
 -------------------------------------------------------------------------------
 Each id becomes a 128-bit key through a bijection (multiply by an odd constant modulo
@@ -46,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import math
 import mmap
+import re
 from collections import deque
 from collections.abc import Iterable
 
@@ -65,7 +72,8 @@ _M128 = (1 << 128) - 1
 # Odd multipliers: multiplication modulo 2**128 by an odd number is a bijection.
 _C1 = 0x9E3779B97F4A7C15F39CC0605CEDC835
 _FLOAT_EXACT = 1 << 53
-_HASH_PERSON = b"ls-hit-id"
+_HASH_PERSON = b"ls-hit-id-2"  # -2: the tagged, length-prefixed input
+_CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
 
 DEFAULT_CAPACITY = 6_000_000
 
@@ -92,17 +100,44 @@ def _id_text(value: object) -> str | None:  # noqa: PLR0911 - one return per JSO
 
 
 def _u64(text: str) -> int | None:
-    if text.isascii() and text.isdigit() and len(text) <= 20:
+    """The number ``text`` spells in canonical decimal (no sign, no leading zero), if a u64."""
+    if text.isascii() and text.isdigit() and len(text) <= 20 and (text[0] != "0" or text == "0"):
         n = int(text)
         if n <= _U64:
             return n
     return None
 
 
-def _hashed(text: str) -> tuple[int, int]:
-    digest = hashlib.blake2b(
-        text.encode("utf-8", "surrogatepass"), digest_size=16, person=_HASH_PERSON
-    ).digest()
+def _component(value: object) -> bytes | None:  # noqa: PLR0911 - one return per JSON type
+    """One hit-id component as a tagged, unambiguous byte string; None when unusable.
+
+    Numbers, and strings spelling an integer in canonical decimal, share the tag ``n`` (Live
+    Stream sends ids as numbers or as strings); other strings ``s``, booleans ``b``, other
+    JSON ``j``. Distinct components (in that sense) give distinct encodings.
+    """
+    if type(value) is str:
+        if not value:
+            return None
+        if _CANONICAL_INT.fullmatch(value):
+            return b"n" + value.encode()
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bool):
+        return b"b1" if value else b"b0"
+    if isinstance(value, int):
+        return b"n%d" % value
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= _FLOAT_EXACT:
+            return b"n%d" % int(value)
+        return None  # inexact: see _id_text
+    return b"j" + orjson.dumps(value)
+
+
+def _hashed(high: bytes, low: bytes) -> tuple[int, int]:
+    # The first part's length goes first: with it, the input spells exactly one pair.
+    data = len(high).to_bytes(8, "big") + high + low
+    digest = hashlib.blake2b(data, digest_size=16, person=_HASH_PERSON).digest()
     return int.from_bytes(digest[:8], "big"), int.from_bytes(digest[8:], "big")
 
 
@@ -122,47 +157,42 @@ def hit_id_text(high: object, low: object) -> str | None:
 def hit_id_key(high: object, low: object) -> tuple[int, int] | None:
     """The dedupe key of a hit id: two unsigned 64-bit ints, or None when there is none.
 
-    Integers and strings of digits in 0..2**64-1 are taken as they are (so ``123`` and
-    ``"123"`` are the same id). Anything else (other text, negative numbers, booleans) is
-    hashed from its text ``high:low`` with BLAKE2b. Missing, null, empty-string and inexact
-    (large float) components give None.
+    Integers in 0..2**64-1, and strings spelling one in canonical decimal, are taken as
+    they are (so ``123`` and ``"123"`` are the same id, ``"0123"`` another). Any other id is
+    hashed with BLAKE2b-128 from the tagged encoding of :func:`_component`, length-prefixed,
+    so two distinct ids never share the hashed input; they share a key only on a 128-bit
+    hash collision. Missing, null, empty-string and inexact (large float) parts give None.
     """
     if type(high) is int and type(low) is int and 0 <= high <= _U64 and 0 <= low <= _U64:
         return high, low
-    if (
-        type(high) is str
-        and type(low) is str
-        and high.isdigit()
-        and low.isdigit()
-        and high.isascii()
-        and low.isascii()
-        and len(high) <= 20
-        and len(low) <= 20
-    ):
-        n_high, n_low = int(high), int(low)
-        if n_high <= _U64 and n_low <= _U64:
-            return n_high, n_low
-    th, tl = _id_text(high), _id_text(low)
-    if th is None or tl is None:
+    if type(high) is str and type(low) is str:
+        h, lo = _u64(high), _u64(low)
+        if h is not None and lo is not None:
+            return h, lo
+    ch, cl = _component(high), _component(low)
+    if ch is None or cl is None:
         return None
-    h, lo = _u64(th), _u64(tl)
-    if h is not None and lo is not None:
-        return h, lo
-    return _hashed(f"{th}:{tl}")
+    if ch[:1] == b"n" and cl[:1] == b"n":
+        h, lo = _u64(ch[1:].decode()), _u64(cl[1:].decode())
+        if h is not None and lo is not None:
+            return h, lo
+    return _hashed(ch, cl)
 
 
 def hit_id_key_from_text(text: str) -> tuple[int, int] | None:
-    """The dedupe key of a ``hit-id`` header value (inverse of :func:`hit_id_text`)."""
-    if not text:
+    """The dedupe key a ``hit-id`` header value stands for, when the text alone says so.
+
+    Only ``high:low`` of two canonical 64-bit numbers is unambiguous; for any other text
+    (``a:b:c`` may be ``a:b``+``c`` or ``a``+``b:c``) this returns None and the key must come
+    from the record itself (:func:`hit_id_key` of its fields).
+    """
+    high, sep, low = text.partition(":")
+    if not sep:
         return None
-    if text.count(":") == 1:
-        th, tl = text.split(":")
-        if not th or not tl:
-            return None
-        h, lo = _u64(th), _u64(tl)
-        if h is not None and lo is not None:
-            return h, lo
-    return _hashed(text)
+    h, lo = _u64(high), _u64(low)
+    if h is None or lo is None:
+        return None
+    return h, lo
 
 
 def _mix(high: int, low: int) -> int:

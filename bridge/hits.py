@@ -289,11 +289,16 @@ def malformed_line(rng: random.Random) -> bytes:
 
 
 def pad_hit(record: bytes, size: int) -> bytes:
-    """``record`` (a JSON object) grown with a filler field to exactly ``size`` bytes, if larger."""
+    """``record`` (a JSON object) grown with a filler field to exactly ``size`` bytes, if larger.
+
+    The filler is pseudo-random hex, which gunzips about two to one like real text does; a
+    run of one byte would inflate a thousandfold, which the bridge rightly treats as a
+    gzip bomb rather than a hit."""
     room = size - len(record) - len(b',"xPadding":""')
     if room < 0:
         return record
-    return record[:-1] + b',"xPadding":"' + b"x" * room + b'"}'
+    filler = random.Random(size).randbytes(room // 2 + 1).hex().encode()[:room]
+    return record[:-1] + b',"xPadding":"' + filler + b'"}'
 
 
 BATCH = 256  # corpus records per pre-compressed batch

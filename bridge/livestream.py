@@ -7,13 +7,14 @@ after a drop, back off exponentially (never below the grace) after a refusal, an
 our own connections with a real FIN so Adobe frees the slot at once.
 
 ``Upstream.run`` only moves raw (still gzip) body bytes to a ``ChunkSink``; decoding them
-into records is the sink's business (``RecordDecoder``, re-exported here).
+into records is the sink's business (``RecordDecoder``, re-exported here). The HTTP
+client comes from ``bridge.httpclient`` and is this object's own: nothing else may share
+(and so keep alive) its connections.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import socket
 import threading
@@ -23,65 +24,36 @@ from typing import Any, Protocol
 
 import httpx
 
-from bridge import __version__
 from bridge.auth import TokenProvider
 from bridge.config import AuthSettings, LivestreamSettings
 from bridge.decode import OversizedRecord, RecordDecoder
-from bridge.errors import FatalUpstreamError, UpstreamLost
+from bridge.errors import AuthError, FatalUpstreamError, UpstreamError, UpstreamLost
+from bridge.httpclient import (
+    RedirectRefused,
+    UpstreamHttp,
+    error_description,
+    redirect_allowed,  # re-exported
+    shutdown,
+    socket_of,
+)
 from bridge.observability import EventLog, Metrics
+from bridge.reconnect import ReconnectPolicy, StatusRules
+from bridge.secrets import Secrets
 
-__all__ = ["ChunkSink", "OversizedRecord", "ReconnectPolicy", "RecordDecoder", "Upstream"]
+__all__ = [
+    "ChunkSink",
+    "OversizedRecord",
+    "ReconnectPolicy",
+    "RecordDecoder",
+    "Upstream",
+    "redirect_allowed",
+]
 
 log = EventLog("bridge.livestream")
 
-FATAL_STATUSES = frozenset({400, 405, 406, 505})  # client or configuration bugs
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-MAX_REDIRECTS = 5
-MAX_404 = 3  # the third 404 in a row is fatal
-MAX_401_AT_GRACE = 2  # from the third 401 in a row on, back off like a refusal
-_ERROR_BODY_LIMIT = 64 * 1024
 _DESCRIPTION_LIMIT = 300
 _POLL_S = 0.1  # how often the stop watcher and an external sleep_event are looked at
 _READY_POLL_S = 0.5
-
-
-class ReconnectPolicy:
-    """How long to wait before the next connection attempt.
-
-    - After an established stream ended (``after_drop``): exactly ``grace_s``.
-    - After the n-th consecutive refusal (``after_refusal``; n = 0, 1, 2, ...):
-      ``grace_s + uniform(0, min(cap_s - grace_s, base * 2**n))`` with
-      ``base = max(grace_s, 1 s)``: full jitter on top of a floor of ``grace_s``. Every
-      delay lies in ``[grace_s, cap_s]``; the jitter window doubles until it reaches
-      ``cap_s - grace_s``, so the expected delay never decreases. With the defaults
-      (60 s, 600 s) the windows are [60, 120], [60, 180], [60, 300], [60, 540], [60, 600]...
-    - ``reset`` after a stream delivered data starts the refusal count afresh.
-    """
-
-    def __init__(self, grace_s: float, cap_s: float, rng: random.Random | None = None) -> None:
-        if grace_s < 0 or cap_s < grace_s:
-            raise ValueError("need 0 <= grace_s <= cap_s")
-        self.grace_s = grace_s
-        self.cap_s = cap_s
-        self._base = max(grace_s, 1.0)
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._refusals = 0
-
-    @property
-    def refusals(self) -> int:
-        """Consecutive refusals so far."""
-        return self._refusals
-
-    def after_drop(self) -> float:
-        return self.grace_s
-
-    def after_refusal(self) -> float:
-        window = min(self.cap_s - self.grace_s, self._base * 2.0 ** min(self._refusals, 60))
-        self._refusals += 1
-        return min(self.cap_s, self.grace_s + self._rng.uniform(0.0, window))
-
-    def reset(self) -> None:
-        self._refusals = 0
 
 
 class ChunkSink(Protocol):
@@ -104,10 +76,6 @@ class ChunkSink(Protocol):
         ...
 
 
-class _BadRedirect(Exception):
-    pass
-
-
 class Upstream:
     """Reads Live Stream into a ``ChunkSink`` until told to stop."""
 
@@ -120,31 +88,23 @@ class Upstream:
         tokens: TokenProvider,
         metrics: Metrics,
         *,
-        http: httpx.Client | None = None,
+        secrets: Secrets | None = None,
         rng: random.Random | None = None,
         sleep_event: threading.Event | None = None,
     ) -> None:
         self._settings = settings
         self._client_id = auth.client_id
-        self._secrets = [s.get_secret_value() for s in (auth.client_secret, auth.access_token) if s]
+        # "is None", not "or": an empty Secrets is falsy, and the process's one must be used.
+        if secrets is None:
+            secrets = Secrets(
+                s.get_secret_value() for s in (auth.client_secret, auth.access_token) if s
+            )
+        self._secrets = secrets
         self._tokens = tokens
         self._metrics = metrics
-        self._timeout = httpx.Timeout(
-            connect=settings.connect_timeout_s,
-            read=settings.stall_timeout_s,  # the stall watchdog: a longer silence is a drop
-            write=settings.connect_timeout_s,
-            pool=settings.connect_timeout_s,
-        )
-        self._own_http = http is None
-        self._http = http or httpx.Client(
-            http1=True,
-            http2=False,
-            follow_redirects=False,
-            timeout=self._timeout,
-            # A fresh TCP connection per attempt: no idle socket lingers at Adobe.
-            limits=httpx.Limits(max_keepalive_connections=0),
-        )
+        self._http = UpstreamHttp(settings)
         self._policy = ReconnectPolicy(settings.reconnect_grace_s, settings.backoff_cap_s, rng)
+        self._rules = StatusRules(renewable_token=tokens.renewable)
         self._sleep = sleep_event
         self._lock = threading.Lock()
         self._state = "idle"
@@ -154,10 +114,7 @@ class Upstream:
         self._close_request: str | None = None  # why we are closing the current stream
         self._forced = False  # the linger ran out: the close was abortive, not clean
         self._linger: threading.Timer | None = None
-        self._token = ""  # the last token sent, only to scrub it from text we log
-        self._count_401 = 0
-        self._count_404 = 0
-        self._closed_at: float | None = None  # monotonic end of the last 200 stream
+        self._closed_at: float | None = None  # monotonic end of the last connection
         self.last_close_clean = False
 
     @property
@@ -171,9 +128,8 @@ class Upstream:
         return self._connection_id
 
     def close(self) -> None:
-        """Release the HTTP client if this object made it."""
-        if self._own_http:
-            self._http.close()
+        """Release the HTTP client."""
+        self._http.close()
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -181,9 +137,10 @@ class Upstream:
         """Connect, stream into ``sink`` and reconnect by the rules until ``stop`` is set.
 
         Raises ``FatalUpstreamError`` for statuses that retrying cannot fix and
-        ``AuthError`` when the token endpoint refuses the credentials. The grace holds
-        across calls too: a stream that ended moments ago, in an earlier call, still
-        delays the first attempt to ``reconnect_grace_s`` after its end.
+        ``AuthError`` when the credentials are refused for good (by the token endpoint,
+        or a static token by Live Stream). The grace holds across calls too: a stream
+        that ended moments ago, in an earlier call, still delays the first attempt to
+        ``reconnect_grace_s`` after its end.
         """
         done = threading.Event()
         watcher = threading.Thread(
@@ -210,40 +167,51 @@ class Upstream:
             self._metrics.upstream_connected.set(0)
 
     def disconnect(self, reason: str) -> None:
-        """Close the current stream now, cleanly; safe from any thread, idempotent.
+        """Close the current connection now, cleanly; safe from any thread, idempotent.
 
-        Sends our FIN at once (``shutdown(SHUT_WR)``); the reader stops handing data to
-        the sink, reads and discards what is still in flight until the server's FIN, then
-        closes with nothing unread, so the server sees a clean close and no RST. If the
-        server has not closed within ``close_linger_s`` the close is forced:
-        ``shutdown(SHUT_RDWR)`` wakes a read blocked in ``recv`` (and the socket is
+        While streaming: sends our FIN at once (``shutdown(SHUT_WR)``); the reader keeps
+        handing what still arrives to the sink (Live Stream counts it as delivered) until
+        the server's FIN, then closes with nothing unread, so the server sees a clean close
+        and no RST. If the server has not closed within ``close_linger_s`` the close is
+        forced: ``shutdown(SHUT_RDWR)`` wakes a read blocked in ``recv`` (and the socket is
         closed here if the reader is inside ``sink.chunk``).
+
+        Before streaming (connecting, or waiting for the response headers): the pending
+        connection is shut down at once and the attempt ends without ``sink.opened``.
         """
         with self._lock:
             if self._close_request is None:
                 self._close_request = reason
             sock = self._sock
-            if sock is None or self._linger is not None:
-                return  # nothing open yet (the reader closes at once), or already closing
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_WR)
-            self._linger = threading.Timer(self.close_linger_s, self._force_close, (sock,))
-            self._linger.daemon = True
-            self._linger.start()
-        log.info("upstream.disconnect", reason=reason, connection_id=self._connection_id)
+            if sock is None:
+                # No stream yet: whatever is being connected is ours to cut. A cancel
+                # between attempts is harmless: the next attempt re-arms the backend.
+                pending = self._http.cancel()
+            elif self._linger is not None:
+                return  # already closing
+            else:
+                pending = False
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_WR)
+                self._linger = threading.Timer(self.close_linger_s, self._force_close, (sock,))
+                self._linger.daemon = True
+                self._linger.start()
+        if sock is not None or pending:
+            log.info("upstream.disconnect", reason=reason, connection_id=self._connection_id)
 
     def _force_close(self, sock: socket.socket) -> None:
         with self._lock:
             if self._sock is not sock:
                 return  # that stream ended in time
             self._forced = True
-            _shutdown(sock)
+            shutdown(sock)
             if self._in_sink:  # not in recv: closing cannot race a read of the fd
                 sock.close()
         log.warning("upstream.close_forced", linger_s=self.close_linger_s)
 
     def _watch_stop(self, stop: threading.Event, done: threading.Event) -> None:
-        # A silent stream blocks in recv; stop must still end it promptly.
+        # A silent stream blocks in recv, a pending request waits for headers; stop must
+        # still end either promptly.
         while not done.is_set():
             if stop.wait(_POLL_S):
                 self.disconnect("stop")
@@ -282,18 +250,28 @@ class Upstream:
         with self._lock:
             self._connection_id += 1
             self._close_request, self._forced = None, False
+            self._http.arm()
         cid = self._connection_id
+        if stop.is_set():  # set before the arm: the watcher's cancel may have been undone
+            return 0.0
         self._state = "connecting"
         try:
             token = self._tokens.token()  # AuthError propagates: fatal
         except UpstreamLost as exc:
             return self._retry(cid, None, "error", error=self._scrub(str(exc)))
-        self._token = token
+        self._secrets.add(token)  # whatever provider made it, it is scrubbed from here on
+        return self._request(cid, token, sink, stop)
+
+    def _request(self, cid: int, token: str, sink: ChunkSink, stop: threading.Event) -> float:
         try:
-            response = self._open(token)
-        except _BadRedirect as exc:
+            response = self._http.open(token, self._client_id)
+        except RedirectRefused as exc:
             return self._retry(cid, 302, "retry", error=str(exc))
         except httpx.HTTPError as exc:
+            with self._lock:
+                closing = self._closing(stop)
+            if closing is not None:
+                return self._cancelled(cid, None, closing)
             return self._retry(cid, None, "error", error=self._describe(exc))
         try:
             if response.status_code == 200:
@@ -302,55 +280,40 @@ class Upstream:
         finally:
             response.close()
 
-    def _open(self, token: str) -> httpx.Response:
-        """Send the GET, following redirects by hand with every header and the query."""
-        s = self._settings
-        params: dict[str, str] = {"maxConnections": str(s.max_connections)}
-        if s.reset is not None:
-            params["reset"] = s.reset
-        if s.smoothing:
-            params["smoothing"] = "1"
-        if s.smoothing_bucket_size is not None:
-            params["smoothingBucketSize"] = str(s.smoothing_bucket_size)
-        headers = {
-            "Accept-Encoding": "gzip",
-            "Authorization": f"Bearer {token}",
-            "User-Agent": f"livestream-bridge/{__version__}",
-        }
-        if self._client_id:
-            headers["x-api-key"] = self._client_id
-        url = httpx.URL(s.url)
-        for hop in range(MAX_REDIRECTS + 1):
-            request = self._http.build_request(
-                "GET", url, params=params, headers=headers, timeout=self._timeout
-            )
-            response = self._http.send(request, stream=True, follow_redirects=False)
-            if response.status_code not in REDIRECT_STATUSES:
-                return response
-            location = response.headers.get("location")
-            response.close()
-            if not location:
-                raise _BadRedirect(f"{response.status_code} without Location")
-            # build_request merges our parameters into whatever query Location carries.
-            url = request.url.join(location)
-            log.info("upstream.redirect", status=response.status_code, to=url.host, hop=hop + 1)
-        raise _BadRedirect(f"more than {MAX_REDIRECTS} redirects")
+    def _closing(self, stop: threading.Event) -> str | None:
+        """Why the current attempt is to end (stop, or a disconnect), if it is; the caller
+        holds the lock when the answer must stay true."""
+        return self._close_request or ("stop" if stop.is_set() else None)
+
+    def _cancelled(self, cid: int, status: int | None, reason: str) -> float:
+        # The request may have reached Adobe (and been admitted): count it as a drop, so
+        # the grace applies, and never call it a clean close.
+        delay = self._policy.after_drop()
+        self._closed_at = time.monotonic()
+        self.last_close_clean = False
+        self._metrics.attempt("cancelled", status)
+        _log_attempt(log.info, cid, status, "cancelled", delay, reason=reason)
+        return delay
 
     def _stream(
         self, cid: int, response: httpx.Response, sink: ChunkSink, stop: threading.Event
     ) -> float:
-        sock = _socket_of(response)
+        sock = socket_of(response)
+        with self._lock:
+            if (closing := self._closing(stop)) is None:
+                self._sock = sock
+        if closing is not None:
+            # Headers that arrive after stop or disconnect: a deposed leader must not
+            # complete a connection it no longer owns. Cut it without reading the body.
+            if sock is not None:
+                shutdown(sock)
+            return self._cancelled(cid, 200, closing)
         if sock is None:
             log.warning("upstream.no_socket", hint="disconnect() acts at the next chunk only")
-        self._count_401 = self._count_404 = 0
+        self._rules.connected()
         self._metrics.attempt("connected", 200)
         self._metrics.upstream_connected.set(1)
         _log_attempt(log.info, cid, 200, "connected", None)
-        with self._lock:
-            self._sock = sock
-            early = self._close_request
-        if early is not None or stop.is_set():  # asked to close while we were connecting
-            self.disconnect(early or "stop")
         self._state = "streaming"
         started, nbytes, reason = time.monotonic(), 0, "error"  # "error": the sink raised
         try:
@@ -364,7 +327,7 @@ class Upstream:
             if linger is not None:
                 linger.cancel()
             if sock is not None:
-                _shutdown(sock)
+                shutdown(sock)
             response.close()
             clean = requested is not None and not forced
             reason = requested or reason
@@ -392,31 +355,32 @@ class Upstream:
     ) -> tuple[str, int]:
         """Move body bytes to the sink until the stream ends: (why, bytes read).
 
-        Once a close is under way (``disconnect``), the bytes still arriving are read and
-        dropped: reading them until the server's FIN is what keeps the close clean.
+        Once a close is under way (``disconnect``), what still arrives goes to the sink
+        too: Live Stream counts it as delivered. Only bytes after the sink found the
+        stream corrupt are dropped; they cannot be decoded anyway.
         """
-        nbytes = 0
+        nbytes, deliver = 0, True
         try:
             for data in response.iter_raw():
                 nbytes += len(data)
                 self._metrics.bytes_compressed.inc(len(data))
                 with self._lock:
                     closing = self._close_request is not None
-                    self._in_sink = not closing
                     if closing and self._sock is None:
                         return "closed", nbytes  # no socket to half-close: just close
-                if closing:
+                    self._in_sink = deliver
+                if not deliver:
                     continue
                 try:
                     more = sink.chunk(data)
                 except UpstreamLost as exc:  # the sink's decoder found corrupt gzip
                     self.disconnect(str(exc))
-                    more = False
+                    more, deliver = False, False
                 finally:
                     with self._lock:
                         self._in_sink = False
                 if not more:
-                    self.disconnect("sink")
+                    self.disconnect("sink")  # a no-op when already closing: keep closing
                 elif stop.is_set():
                     self.disconnect("stop")
         except httpx.ReadTimeout:
@@ -427,24 +391,25 @@ class Upstream:
 
     def _rejected(self, cid: int, response: httpx.Response) -> float:
         status = response.status_code
-        description = self._error_description(response)
-        if status == 404:
-            self._count_401, self._count_404 = 0, self._count_404 + 1
-            if self._count_404 >= MAX_404:
-                self._fatal(cid, status, description, f"{MAX_404} consecutive 404")
-            return self._retry(cid, 404, "retry", error_description=description)
-        self._count_404 = 0
-        if status in FATAL_STATUSES:
-            self._fatal(cid, status, description, "not retriable")
+        description = self._scrub(error_description(response))[:_DESCRIPTION_LIMIT]
+        verdict = self._rules.judge(status)
         if status == 401:
             self._tokens.invalidate()
-            self._count_401 += 1
-            if self._count_401 <= MAX_401_AT_GRACE:  # a new token gets a plain grace wait
-                delay = self._policy.after_drop()
-                return self._retry(cid, 401, "retry", delay, error_description=description)
-            return self._retry(cid, 401, "retry", error_description=description)
-        self._count_401 = 0
-        return self._retry(cid, status, "retry", error_description=description)
+        if verdict.action == "fatal":
+            self._fatal(cid, status, description, verdict.why)
+        if verdict.action == "auth":
+            self._fatal(cid, status, description, verdict.why, AuthError)
+        if verdict.unexpected:
+            label = str(status) if 100 <= status <= 599 else "other"
+            self._metrics.unexpected_statuses.labels(status=label).inc()
+            log.warning(
+                "upstream.unexpected_status",
+                status=status,
+                error_description=description,
+                hint="Live Stream does not document this status; retrying with backoff",
+            )
+        delay = self._policy.after_drop() if verdict.action == "grace" else None
+        return self._retry(cid, status, "retry", delay, error_description=description)
 
     def _retry(
         self, cid: int, status: int | None, outcome: str, delay: float | None = None, **kw: Any
@@ -456,47 +421,27 @@ class Upstream:
         _log_attempt(log.warning, cid, status, outcome, round(delay, 3), **kw)
         return delay
 
-    def _fatal(self, cid: int, status: int, description: str, why: str) -> None:
+    def _fatal(
+        self,
+        cid: int,
+        status: int,
+        description: str,
+        why: str,
+        error: type[UpstreamError] = FatalUpstreamError,
+    ) -> None:
         self._metrics.attempt("fatal", status)
         _log_attempt(log.error, cid, status, "fatal", None, error_description=description, why=why)
         detail = f": {description}" if description else ""
-        raise FatalUpstreamError(f"Live Stream answered {status} ({why}){detail}", status=status)
-
-    def _error_description(self, response: httpx.Response) -> str:
-        """Adobe's ``error_description`` (or ``error``) from a refusal's JSON body, if any."""
-        body = b""
-        try:
-            for part in response.iter_bytes():
-                body += part
-                if len(body) >= _ERROR_BODY_LIMIT:
-                    break
-            data = json.loads(body)
-        except (httpx.HTTPError, ValueError):
-            return ""
-        if not isinstance(data, dict):
-            return ""
-        text = data.get("error_description") or data.get("error")
-        return self._scrub(str(text))[:_DESCRIPTION_LIMIT] if text else ""
+        message = f"Live Stream answered {status} ({why}){detail}"
+        if error is FatalUpstreamError:
+            raise FatalUpstreamError(message, status=status)
+        raise error(message)
 
     def _describe(self, exc: BaseException) -> str:
         return self._scrub(f"{type(exc).__name__}: {exc}")[:_DESCRIPTION_LIMIT]
 
     def _scrub(self, text: str) -> str:
-        for secret in (self._token, *self._secrets):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
-
-def _socket_of(response: httpx.Response) -> socket.socket | None:
-    stream = response.extensions.get("network_stream")
-    sock = stream.get_extra_info("socket") if stream is not None else None
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed or reset: nothing left to tell
-        sock.shutdown(socket.SHUT_RDWR)
+        return self._secrets.scrub(text)
 
 
 def _log_attempt(

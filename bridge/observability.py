@@ -15,17 +15,19 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge import __version__
+from bridge.httpserver import BoundedHttpServer
+from bridge.secrets import Secrets
 
 PREFIX = "livestream_bridge"
 DLQ_REASONS = ("not_json", "not_object", "oversized", "missing_hit_id")
-ATTEMPT_OUTCOMES = ("connected", "retry", "fatal", "error")
+# cancelled: ended by stop/disconnect before it streamed (never handed to the sink)
+ATTEMPT_OUTCOMES = ("connected", "retry", "fatal", "error", "cancelled")
 ATTEMPT_STATUSES = (
     "none",
     "200",
@@ -106,6 +108,12 @@ class Metrics:
         )
         self.token_refreshes = Counter(
             f"{PREFIX}_token_refreshes", "Access token fetches by outcome", ["outcome"], registry=r
+        )
+        self.unexpected_statuses = Counter(
+            f"{PREFIX}_upstream_unexpected_statuses",
+            "Live Stream answers with a status it does not document (retried), by status",
+            ["status"],
+            registry=r,
         )
         self.build_info = Gauge(
             f"{PREFIX}_build_info", "Build information", ["version"], registry=r
@@ -191,7 +199,9 @@ class State:
 
 
 class HttpEndpoint:
-    """/metrics, /healthz, /readyz and /status on one small stdlib server."""
+    """/metrics, /healthz, /readyz and /status on a server with a fixed number of threads
+    and a request timeout (see ``bridge.httpserver``); every answer is scrubbed of
+    ``secrets``, since /status quotes identities and states that come from outside."""
 
     def __init__(
         self,
@@ -200,58 +210,48 @@ class HttpEndpoint:
         metrics: Metrics,
         state: State,
         ready: Callable[[], bool],
+        *,
+        secrets: Secrets | None = None,
+        request_timeout_s: float = 5.0,
+        workers: int = 4,
     ) -> None:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                endpoint._serve(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # probes every few seconds would drown the real log lines
-
         self.metrics, self.state, self.ready = metrics, state, ready
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http", daemon=True)
+        self.secrets = secrets if secrets is not None else Secrets()
+        self.server = BoundedHttpServer(
+            host, port, self._route, workers=workers, timeout_s=request_timeout_s
+        )
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return self.server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self.server.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
-    def _serve(self, req: BaseHTTPRequestHandler) -> None:
-        path = req.path.split("?", 1)[0]
+    def _route(self, path: str) -> tuple[HTTPStatus, bytes, str]:
         if path == "/metrics":
-            self._send(req, HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
+            return HTTPStatus.OK, self._scrub(self.metrics.render()), CONTENT_TYPE_LATEST
+        if path == "/healthz":
             stale = self.state.stale_loops()
             body = {"ok": not stale, "stale_loops": stale}
-            self._json(req, HTTPStatus.OK if not stale else HTTPStatus.SERVICE_UNAVAILABLE, body)
-        elif path == "/readyz":
+            return self._json(HTTPStatus.OK if not stale else HTTPStatus.SERVICE_UNAVAILABLE, body)
+        if path == "/readyz":
             ok = self.ready()
-            self._json(req, HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"ok": ok})
-        elif path == "/status":
-            self._json(req, HTTPStatus.OK, self.state.snapshot())
-        else:
-            self._json(req, HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return self._json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, {"ok": ok})
+        if path == "/status":
+            return self._json(HTTPStatus.OK, self.state.snapshot())
+        return self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
-    def _json(self, req: BaseHTTPRequestHandler, status: HTTPStatus, body: object) -> None:
-        self._send(req, status, json.dumps(body).encode(), "application/json")
+    def _json(self, status: HTTPStatus, body: object) -> tuple[HTTPStatus, bytes, str]:
+        return status, self._scrub(json.dumps(body).encode()), "application/json"
 
-    @staticmethod
-    def _send(req: BaseHTTPRequestHandler, status: HTTPStatus, body: bytes, ctype: str) -> None:
-        req.send_response(status)
-        req.send_header("Content-Type", ctype)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        req.wfile.write(body)
+    def _scrub(self, body: bytes) -> bytes:
+        if not len(self.secrets):
+            return body
+        return self.secrets.scrub(body.decode("utf-8", "replace")).encode()
 
 
 class _JsonFormatter(logging.Formatter):
@@ -278,39 +278,50 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
-class _Redactor(logging.Filter):
-    """Last line of defence: no configured secret value ever leaves in a log line."""
+class _Redactor(logging.Formatter):
+    """Last line of defence: no secret value ever leaves in a log line.
 
-    def __init__(self, secrets: Iterable[str]) -> None:
+    It wraps the real formatter and reads ``secrets`` at each line, so a token registered
+    after logging was set up is covered. Fields are scrubbed value by value first (so a
+    JSON line stays valid JSON), then the whole line, which also covers the message and
+    exception text; ``Secrets`` matches the JSON-escaped form of a value as well.
+    """
+
+    def __init__(self, inner: logging.Formatter, secrets: Secrets) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if len(s) >= 4]
+        self.inner, self.secrets = inner, secrets
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        text = record.getMessage()
+    def format(self, record: logging.LogRecord) -> str:
+        if not len(self.secrets):
+            return self.inner.format(record)
         fields = getattr(record, "fields", None)
-        blob = text + (json.dumps(fields, default=str) if fields else "")
-        if any(s in blob for s in self.secrets):
-            for s in self.secrets:
-                text = text.replace(s, "***")
-            record.msg, record.args = text, None
-            if fields:
-                record.fields = json.loads(_redact(json.dumps(fields, default=str), self.secrets))
-        return True
+        if fields:
+            record.fields = self._scrubbed(fields)
+        return self.secrets.scrub(self.inner.format(record))
+
+    def _scrubbed(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.secrets.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._scrubbed(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrubbed(v) for v in value]
+        if value is None or isinstance(value, int | float):
+            return value
+        text = str(value)  # what the formatters would print for it
+        return self.secrets.scrub(text) if self.secrets.found_in(text) else value
 
 
-def _redact(text: str, secrets: Iterable[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "***")
-    return text
+def configure_logging(fmt: str, level: str, secrets: Secrets | Iterable[str] = ()) -> None:
+    """Send every log line to stdout as JSON (or text), with secret values redacted.
 
-
-def configure_logging(fmt: str, level: str, secrets: Iterable[str] = ()) -> None:
-    """Send every log line to stdout as JSON (or text), with secret values redacted."""
+    Pass the process's one ``Secrets`` so values added to it later are redacted too.
+    """
+    if not isinstance(secrets, Secrets):
+        secrets = Secrets(secrets)
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    handler.addFilter(_Redactor(secrets))
+    inner = _JsonFormatter() if fmt == "json" else _TextFormatter()
+    handler.setFormatter(_Redactor(inner, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

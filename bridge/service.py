@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -27,10 +27,12 @@ from bridge.config import Settings
 from bridge.decode import RecordDecoder
 from bridge.election import make_election
 from bridge.election.base import Election, Term
-from bridge.errors import FencedError, PublishError, UpstreamLost
+from bridge.errors import FencedError, KafkaSetupError, PublishError, UpstreamLost
+from bridge.httpclient import token_client
 from bridge.livestream import Upstream
 from bridge.observability import EventLog, HttpEndpoint, Metrics, State
 from bridge.publish import Publisher
+from bridge.secrets import Secrets
 
 _OPEN, _DATA, _CLOSE = 0, 1, 2
 _IDLE_TICK_S = 0.05
@@ -54,20 +56,30 @@ class _ChunkQueue:
         self._max = max_bytes
         self._deposed = deposed
         self._cond = threading.Condition()
-        # Set when the pump wants the current connection gone. A reader blocked on a full
-        # queue must not stay blocked (the close should be a clean FIN, not a forced reset),
-        # and the chunk in its hand was already delivered by Live Stream, so it is queued
-        # over the bound rather than dropped: one chunk at most, as no byte read after the
-        # disconnect reaches the sink.
+        # Set when the pump wants the current connection gone. The bytes the server still
+        # sends until its FIN were delivered as far as Live Stream knows, so the reader keeps
+        # queueing them. A full queue then waits at most ``cut_wait_s`` (the reader's close
+        # linger) for room before it takes the chunk over the bound: by then the reader's
+        # close has been forced, so this happens once per close at most, and memory stays
+        # bounded by ``max_bytes`` plus one chunk.
         self.cut = threading.Event()
+        self.cut_wait_s = 2.0
 
     def put(self, item: _Item) -> bool:
         """Queue ``item``; blocks while full. False once we are deposed (drop it all)."""
         with self._cond:
-            while self._bytes >= self._max and item.kind == _DATA and not self.cut.is_set():
+            deadline: float | None = None
+            while self._bytes >= self._max and item.kind == _DATA:
                 if self._deposed.is_set():
                     return False
+                if self.cut.is_set():
+                    now = time.monotonic()
+                    deadline = deadline or now + self.cut_wait_s
+                    if now >= deadline:
+                        break
                 self._cond.wait(_IDLE_TICK_S)
+            if self._deposed.is_set() and item.kind == _DATA:
+                return False
             self._items.append(item)
             self._bytes += len(item.data)
             self._cond.notify_all()
@@ -108,6 +120,7 @@ class _Sink:
 
     def opened(self, connection_id: int) -> None:
         self.queue.cut.clear()
+        self.queue.cut_wait_s = self.bridge.upstream.close_linger_s
         self.queue.put(_Item(_OPEN, connection_id))
         self.bridge.state.upstream = "streaming"
         self.bridge.election.announce_connected()
@@ -127,53 +140,67 @@ class _Records:
         self.bridge, self.cut = bridge, cut
         self.decoder: RecordDecoder | None = None
 
-    def take(self, item: _Item) -> list[bytes]:
-        """The records ``item`` completes (none for open/close and after a corrupt chunk)."""
+    def take(self, item: _Item) -> Iterator[list[bytes]]:
+        """The records ``item`` completes, in bounded batches (publish each before the next:
+        that is what bounds memory when a small chunk inflates to a great many records);
+        none for open/close and after a corrupt chunk."""
         if item.kind == _OPEN:
-            self.decoder = RecordDecoder(self.bridge.settings.livestream.max_record_bytes)
-            return []
+            s = self.bridge.settings.livestream
+            self.decoder = RecordDecoder(s.max_record_bytes, s.max_compression_ratio)
+            return
         decoder = self.decoder
         if item.kind == _CLOSE or decoder is None:
             # A record cut off by the drop dies with the decoder; Live Stream resends it on
             # resume. After a corrupt chunk the rest of that connection cannot be decoded.
             self.decoder = None
-            return []
+            return
         before = decoder.decompressed_bytes
         try:
-            records = decoder.feed(item.data)
+            yield from decoder.batches(item.data)
         except UpstreamLost as exc:  # close this connection; the reconnect rules apply
             self.decoder = None
             self.bridge.log.warning("bridge.corrupt_stream", error=str(exc))
             self.cut(str(exc))
-            return []
-        self.bridge.metrics.bytes_decompressed.inc(decoder.decompressed_bytes - before)
-        return records
+        finally:
+            self.bridge.metrics.bytes_decompressed.inc(decoder.decompressed_bytes - before)
 
 
 class Bridge:
     """One replica: HTTP endpoint, election, and the pipeline while leading."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metrics: Metrics | None = None,
+        secrets: Secrets | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # The CLI hands in the process's one Secrets (the log redactor holds it too), so a
+        # token fetched here is scrubbed from every log line from then on.
+        self.secrets = Secrets() if secrets is None else secrets
         self.state = State(identity=settings.election.identity)
         self.log = EventLog("bridge.service")
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(
-                settings.livestream.connect_timeout_s,
-                read=settings.livestream.stall_timeout_s,
-            ),
-            follow_redirects=False,
+        # The token endpoint's client; Live Stream's is the Upstream's own (a fresh
+        # connection per attempt, never shared).
+        self.http: httpx.Client = token_client()
+        self.tokens = make_token_provider(
+            settings.auth, self.http, self.metrics, secrets=self.secrets
         )
-        self.tokens = make_token_provider(settings.auth, self.http, self.metrics)
         self.upstream = Upstream(
-            settings.livestream, settings.auth, self.tokens, self.metrics, http=self.http
+            settings.livestream, settings.auth, self.tokens, self.metrics, secrets=self.secrets
         )
         self.publisher = Publisher(settings.kafka, settings.publish, self.metrics)
         self.election: Election = make_election(settings, self.metrics, self.state)
         self.state.counters = lambda: self.publisher.counters
         self.endpoint = HttpEndpoint(
-            settings.http.host, settings.http.port, self.metrics, self.state, self._ready
+            settings.http.host,
+            settings.http.port,
+            self.metrics,
+            self.state,
+            self._ready,
+            secrets=self.secrets,
         )
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._queue: _ChunkQueue | None = None
@@ -205,6 +232,7 @@ class Bridge:
         finally:
             self.election.close()
             self.endpoint.stop()
+            self.upstream.close()
             self.http.close()
             self.log.info("bridge.stop", identity=self.state.identity)
 
@@ -215,7 +243,15 @@ class Bridge:
         )
         watcher.start()
         elected_at = time.monotonic()
-        if not self._begin(term, halt):
+        try:
+            begun = self._begin(term, halt)
+        except KafkaSetupError:
+            # Missing ACLs or the like: retrying cannot fix it. Let a standby (configured
+            # right, perhaps) have the slot, and let the CLI exit 2.
+            halt.set()
+            self.election.release(clean=self.upstream.last_close_clean)
+            raise
+        if not begun:
             halt.set()
             return
         grace = term.grace_s(self.settings.livestream.reconnect_grace_s)
@@ -230,29 +266,33 @@ class Bridge:
             daemon=True,
         )
         reader.start()
-        fenced = False
+        fenced, pumped = False, False
         stream = _Records(self, lambda reason: self._cut(queue, reason))
         try:
             self._pump(queue, stream, halt)
+            pumped = True
         except FencedError as exc:
-            fenced = True
+            fenced = pumped = True
             self.log.warning("bridge.fenced", term=term.number, error=str(exc))
         finally:
             halt.set()
             self._cut(queue, "shutdown" if stop.is_set() else "leadership ended")
-            reader.join()
+            if not pumped or term.lost.is_set() or fenced:
+                reader.join()
+                self.publisher.abort()
+            if not pumped:  # KafkaSetupError (missing ACLs) or a bug: the process ends
+                self.election.release(clean=self.upstream.last_close_clean)
         # Shutdown, or an upstream error that ends the process: either way we still lead, so
         # finish the work in hand. Only a deposed writer must not write another byte.
         if not term.lost.is_set() and not fenced:
-            # Everything already read is published before we let go: Live Stream counts it
-            # as delivered, so dropping it here would lose it.
-            self._drain(queue, stream)
+            # Everything already read is published before we let go, including what the
+            # server sends until it answers our FIN: Live Stream counts it as delivered, so
+            # dropping it here would lose it.
+            self._drain(queue, stream, reader)
             self.publisher.close(self.settings.publish.shutdown_timeout_s)
             self.election.release(clean=self.upstream.last_close_clean)
-        else:
-            self.publisher.abort()
-            if fenced and not term.lost.is_set():
-                self._yield_term(term)
+        elif fenced and not term.lost.is_set():
+            self._yield_term(term)
         self.state.upstream = "standby"
         if failure:
             raise failure[0]
@@ -279,6 +319,8 @@ class Bridge:
             except FencedError as exc:
                 self.log.warning("bridge.fenced_at_start", term=term.number, error=str(exc))
                 return False
+            except KafkaSetupError:
+                raise
             except PublishError as exc:
                 self.log.warning("bridge.kafka_unavailable", term=term.number, error=str(exc))
                 halt.wait(1.0)
@@ -300,9 +342,18 @@ class Bridge:
         while not halt.is_set():
             self.state.beat("pump", beat_allowance)
             item = queue.get(_IDLE_TICK_S)
-            if item is not None and (records := stream.take(item)):
-                self._publish(records, item.read_at)
-            publish.maybe_commit()
+            if item is not None:
+                for records in stream.take(item):
+                    self._publish(records, item.read_at)
+            try:
+                publish.maybe_commit()
+            except (FencedError, KafkaSetupError):
+                raise
+            except PublishError as exc:
+                # A commit that cannot finish (no producer can be made, or failures past
+                # the outage limit) is the same outage as a refused publish: the writer
+                # keeps the transaction's records and the next call tries again.
+                self.log.warning("bridge.commit_failed", error=str(exc))
             if publish.unreachable_for() > outage_s and self.upstream.state == "streaming":
                 self.log.warning("bridge.kafka_outage", unreachable_s=publish.unreachable_for())
                 self._cut(queue, "kafka unreachable")
@@ -313,9 +364,18 @@ class Bridge:
             queue.cut.set()
         self.upstream.disconnect(reason)
 
-    def _drain(self, queue: _ChunkQueue, stream: _Records) -> None:
-        while (item := queue.get(0)) is not None:
-            if records := stream.take(item):
+    def _drain(self, queue: _ChunkQueue, stream: _Records, reader: threading.Thread) -> None:
+        """Publish what is queued, and what the reader still queues while its close runs."""
+        while True:
+            item = queue.get(_IDLE_TICK_S if reader.is_alive() else 0)
+            if item is None:
+                if reader.is_alive():
+                    continue
+                reader.join()
+                if not len(queue):
+                    return
+                continue
+            for records in stream.take(item):
                 self._publish(records, item.read_at)
 
     def _publish(self, records: list[bytes], read_at: float) -> None:
@@ -324,7 +384,7 @@ class Bridge:
             try:
                 publisher.publish_many(records, read_at, start)
                 break
-            except FencedError:
+            except (FencedError, KafkaSetupError):
                 raise
             except PublishError:
                 if not outage:

@@ -8,25 +8,23 @@ never secret values.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from bridge.config import KafkaSettings
-from bridge.dedupe import hit_id_key_from_text
 from bridge.errors import KafkaSetupError
 from bridge.observability import EventLog
+from bridge.secrets import Secrets, secret_values
 
 log = EventLog("bridge.topics")
 
@@ -135,8 +133,19 @@ def producer_config(
     return conf
 
 
-def credentials_problem(kafka: KafkaSettings, err: KafkaError) -> str | None:
-    """One line describing an authentication/authorization error, or None for other errors."""
+def credentials_problem(
+    kafka: KafkaSettings,
+    err: KafkaError,
+    *,
+    topics: Sequence[str] = (),
+    read: bool = False,
+    group: str | None = None,
+) -> str | None:
+    """One line describing an authentication/authorization error, or None for other errors.
+
+    A denial names the ACL to grant: operation, resource type and name (``topics`` the
+    topics the failed call used, ``read`` for a reader, ``group`` the consumer group).
+    """
     code = err.code()
     who = (
         f"for BRIDGE_KAFKA__SASL_USERNAME ({kafka.sasl_username})"
@@ -152,13 +161,40 @@ def credentials_problem(kafka: KafkaSettings, err: KafkaError) -> str | None:
     if code in _SSL_CODES:
         return "Kafka TLS handshake failed: check BRIDGE_KAFKA__SSL_CA_LOCATION and the address"
     if code in AUTHORIZATION_CODES:
-        return f"Kafka denied an operation {who}: {err.name()} (grant the ACLs the bridge needs)"
+        return _missing_acl(kafka, code, topics or (kafka.topic,), read, group) + f" ({err.name()})"
     return None
 
 
+def _missing_acl(
+    kafka: KafkaSettings, code: int, topics: Sequence[str], read: bool, group: str | None
+) -> str:
+    principal = f"User:{kafka.sasl_username}" if kafka.sasl_username else "User:ANONYMOUS"
+    if not kafka.sasl_username and kafka.security_protocol != "PLAINTEXT":
+        principal = "<the bridge's principal>"
+    if code == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+        op, kind, names, flag = (
+            "Write",
+            "TransactionalId",
+            [kafka.transactional_id],
+            "--transactional-id",
+        )
+    elif code == KafkaError.GROUP_AUTHORIZATION_FAILED:
+        names = [group or "<BRIDGE_ELECTION__GROUP_ID>"]
+        op, kind, flag = "Read", "Group", "--group"
+    elif code == KafkaError.CLUSTER_AUTHORIZATION_FAILED:
+        op, kind, names, flag = "IdempotentWrite", "Cluster", ["kafka-cluster"], "--cluster"
+    else:
+        op, kind, names, flag = ("Read" if read else "Write"), "Topic", list(topics), "--topic"
+    what = " or ".join(f"'{n}'" for n in dict.fromkeys(names))
+    target = flag if kind == "Cluster" else " ".join(f"{flag} {n}" for n in dict.fromkeys(names))
+    return (
+        f"{op} on {kind} {what} denied to {principal} by Kafka's authorizer: grant it "
+        f"(kafka-acls.sh --add --allow-principal {principal} --operation {op} {target})"
+    )
+
+
 def _redact(kafka: KafkaSettings, text: str) -> str:
-    secret = kafka.sasl_password.get_secret_value() if kafka.sasl_password else ""
-    return text.replace(secret, "***") if len(secret) >= 4 else text
+    return Secrets(secret_values(kafka)).scrub(text)
 
 
 class _ErrorTrap:
@@ -324,107 +360,3 @@ class Probe:
         except KafkaException:
             return False
         return bool(md.brokers)
-
-
-def _seed_consumer(kafka: KafkaSettings) -> Consumer:
-    conf: dict[str, Any] = dict(kafka.client_config())
-    conf |= {
-        "group.id": f"{kafka.transactional_id}-seed",  # never joined, never committed
-        "client.id": "livestream-bridge-seed",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        # Small buffers: seeding must not lift the process's memory for good.
-        "queued.max.messages.kbytes": 4096,
-        "fetch.max.bytes": 4_194_304,
-        "max.partition.fetch.bytes": 1_048_576,
-        "logger": kafka_logger("seed"),
-    }
-    return Consumer(conf)
-
-
-def _hit_id(msg: Message) -> tuple[int, int] | None:
-    headers = msg.headers() or []
-    items = list(headers.items()) if isinstance(headers, dict) else headers
-    for name, value in items:
-        if name == "hit-id" and value:
-            text = value if isinstance(value, str) else bytes(value).decode("utf-8", "replace")
-            return hit_id_key_from_text(text)
-    return None
-
-
-def _assign_tail(
-    consumer: Consumer, topic: str, parts: list[int], per: int, timeout: float
-) -> dict[int, int]:
-    """Assign the last ``per`` offsets of each partition; returns each one's end offset."""
-    ends: dict[int, int] = {}
-    for p in parts:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, p), timeout=min(10.0, timeout), cached=False
-        ) or (0, 0)
-        if high > low:
-            ends[p] = high
-            consumer.incremental_assign([TopicPartition(topic, p, max(low, high - per))])
-    return ends
-
-
-def read_hit_ids(
-    kafka: KafkaSettings,
-    topic: str,
-    limit: int,
-    add: Callable[[int, int], object],
-    *,
-    timeout: float = 60.0,
-) -> int:
-    """Feed ``add`` the hit ids (``hit-id`` headers) of the last committed messages of ``topic``.
-
-    At most ``limit`` in all, spread evenly over the partitions, oldest first per
-    partition; returns how many were read. Read with ``read_committed``, so aborted batches
-    are never seeded. Best effort: a problem or the deadline ends the read with what was
-    found (and a log line).
-    """
-    count = 0
-    if limit <= 0:
-        return count
-    deadline = time.monotonic() + timeout
-    consumer = _seed_consumer(kafka)
-    try:
-        parts = partitions_of(consumer.list_topics(topic, timeout=min(10.0, timeout)), topic)
-        if not parts:
-            log.warning("publish.seed_skipped", topic=topic, reason="topic not found")
-            return count
-        ends = _assign_tail(consumer, topic, parts, -(-limit // len(parts)), timeout)
-        while ends and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=2000, timeout=0.5):
-                p, offset, err = msg.partition() or 0, msg.offset() or 0, msg.error()
-                if err is None:
-                    key = _hit_id(msg)
-                    if key is not None:
-                        add(key[0], key[1])
-                        count += 1
-                    if offset >= ends.get(p, 0) - 1:
-                        ends.pop(p, None)
-                elif err.code() == KafkaError._PARTITION_EOF and offset >= ends.get(p, 0):
-                    ends.pop(p, None)
-        if ends:
-            log.warning("publish.seed_incomplete", topic=topic, ids=count, open=sorted(ends))
-    except KafkaException as exc:
-        log.warning("publish.seed_failed", topic=topic, error=exc.args[0].name(), ids=count)
-    finally:
-        consumer.close()
-        _give_back_freed_memory()
-    return count
-
-
-def _give_back_freed_memory() -> None:
-    """Ask glibc to return freed heap pages (the seed consumer's buffers) to the system.
-
-    Without it the process keeps ~30-50 MB it no longer uses after every seeding; the
-    bridge's memory budget is 256 MiB. A no-op where glibc is not the allocator.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

@@ -7,7 +7,9 @@ commits, so an aborted transaction is replayed, never lost.
 Errors follow confluent-kafka's transactional pattern: retriable -> call again; abortable
 -> abort, begin, re-produce the kept messages; fenced (another producer, or a stale
 election generation on the offsets commit) -> ``FencedError`` at once; other fatal
-errors -> a new producer, ``init_transactions``, re-produce.
+errors -> a new producer, ``init_transactions``, re-produce (unless the commit they
+interrupted turns out to have committed: :mod:`bridge.outcome`); a denial ->
+``KafkaSetupError`` naming the ACL to grant.
 
 Outages: ``maybe_commit`` never blocks longer than one short step, so the caller keeps
 running and watches ``unreachable_for()``; producing and ``commit`` wait (back-pressure)
@@ -29,6 +31,7 @@ from bridge.config import KafkaSettings, PublishSettings
 from bridge.election.base import Fencing
 from bridge.errors import FencedError, KafkaSetupError, PublishError
 from bridge.observability import EventLog, Metrics
+from bridge.outcome import CommitOutcome
 from bridge.topics import (
     FENCED_CODES,
     MESSAGE_MAX_BYTES,
@@ -65,7 +68,7 @@ Header = tuple[str, str]
 Kept = tuple[str, bytes, str | None, tuple[Header, ...], str | None]
 
 
-class TransactionalWriter:
+class TransactionalWriter(CommitOutcome):
     """Messages into Kafka transactions, kept until committed (see module doc).
 
     Counts what it commits: ``_txn_hits`` hits and ``_txn_dlq`` dead letters per reason,
@@ -80,6 +83,7 @@ class TransactionalWriter:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self._kafka, self._cfg, self._metrics = kafka, publish, metrics
         self._clock = clock
         self._interval = publish.commit_interval_ms / 1000.0
@@ -113,16 +117,16 @@ class TransactionalWriter:
         self._txn_dlq.clear()
         self._fencing = fencing
         self._need_abort = self._need_replay = self._offsets_sent = False
+        self._verify = False
 
     def _open(self) -> None:
         """Open the first transaction of a term (the producer is new and initialised)."""
         try:
-            self._producer.begin_transaction()
+            self._begin_transaction()
         except KafkaException as exc:
             self._state = PENDING
             self._fail(exc.args[0], "begin_transaction")
         else:
-            self._need_begin = False
             self._state = OPEN
         self._stuck_since = None
 
@@ -160,7 +164,9 @@ class TransactionalWriter:
     ) -> bool:
         """Produce one message into the open transaction and keep it; waits while the
         producer is full. False (not taken): a hit too large for the topic."""
-        cb = None if sampled_at is None else functools.partial(self._on_sampled, sampled_at)
+        cb = None
+        if sampled_at is not None or not self._kept:  # the first one marks the transaction
+            cb = functools.partial(self._on_delivered, self._txn_no, sampled_at)
         while True:
             try:
                 if cb is None:
@@ -245,24 +251,33 @@ class TransactionalWriter:
             if self._producer is None:
                 self._new_producer(deadline=time.monotonic() + timeout)
                 self._need_replay, self._need_abort = bool(self._kept), False
+            if self._verify is not False and self._already_committed(timeout, len(self._kept)):
+                self._need_replay = False
+                self._committed()
+                return True
             producer = self._producer
             if self._need_abort:
                 producer.abort_transaction(timeout)
                 self._note_abort()
             if self._need_begin:
-                producer.begin_transaction()
-                self._need_begin, self._offsets_sent = False, False
+                self._begin_transaction()
             if self._need_replay:
                 self._replay()
             if self._kept:
                 if self._fencing is not None and not self._offsets_sent:
                     self._send_offsets(timeout)
+                self._committing = True  # from here on the outcome may be unknown
                 producer.commit_transaction(timeout)
         except KafkaException as exc:
             self._fail(exc.args[0], "commit")
             return False
         self._committed()
         return True
+
+    def _begin_transaction(self) -> None:
+        self._producer.begin_transaction()
+        self._new_transaction()
+        self._need_begin = self._offsets_sent = False
 
     def _send_offsets(self, timeout: float) -> None:
         assert self._fencing is not None
@@ -290,11 +305,11 @@ class TransactionalWriter:
             self._txn_dlq.clear()
             self._need_begin = True
         if self._need_begin:
-            self._producer.begin_transaction()
-            self._need_begin, self._offsets_sent = False, False
+            self._begin_transaction()
         self._state, self._failures, self._stuck_since = OPEN, 0, None
 
     def _note_abort(self) -> None:
+        self._committing = False
         self._need_abort, self._need_begin, self._need_replay = False, True, True
         self._metrics.transactions.labels(result="aborted").inc()
         self._n["transactions_aborted"] += 1
@@ -302,11 +317,13 @@ class TransactionalWriter:
     def _replay(self) -> None:
         """Re-produce every kept record into the new transaction, in the original order."""
         produce, poll = self._producer.produce, self._producer.poll
+        mark = functools.partial(self._on_delivered, self._txn_no, None)
         try:
-            for topic, value, key, headers, _ in self._kept:
+            for i, (topic, value, key, headers, _) in enumerate(self._kept):
                 while True:
                     try:
-                        produce(topic, value, key, headers=list(headers))
+                        kw = {} if i else {"on_delivery": mark}  # the first marks it
+                        produce(topic, value, key, headers=list(headers), **kw)
                         break
                     except BufferError:
                         poll(0.05)
@@ -329,13 +346,16 @@ class TransactionalWriter:
             self._state = FENCED
             log.warning("publish.fenced", during=what, error=err.name(), records=len(self._kept))
             raise FencedError(f"{what}: {err.name()}: {err.str()}")
-        problem = credentials_problem(self._kafka, err)
+        # A denied topic is not named in the error: name every topic the transaction used.
+        topics = sorted({m[0] for m in self._kept}, key=lambda t: t != self._kafka.topic)
+        problem = credentials_problem(self._kafka, err, topics=topics)
         if problem:
             raise KafkaSetupError(problem)
         self._state = PENDING
         if err.fatal():
             log.error("publish.producer_fatal", during=what, error=err.name(), detail=err.str())
             self._count_failure(err)
+            self._fatal(self._producer, len(self._kept))  # see bridge.outcome
             self._drop_producer()
             return
         if err.txn_requires_abort():
@@ -376,13 +396,6 @@ class TransactionalWriter:
             f"(BRIDGE_PUBLISH__KAFKA_OUTAGE_S={self._cfg.kafka_outage_s:g}); "
             f"{len(self._kept)} records wait in the open transaction"
         )
-
-    def _on_sampled(self, received_at: float, err: KafkaError | None, _msg: object) -> None:
-        if err is None:
-            self._stuck_since = None
-            self._metrics.publish_latency.observe(max(0.0, time.time() - received_at))
-        else:
-            self._trouble()
 
     def _on_error(self, err: KafkaError) -> None:
         # librdkafka repeats connection errors every few seconds during an outage.

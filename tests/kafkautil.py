@@ -12,16 +12,49 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO_ROOT / "scripts" / "kafka-local"
+T = TypeVar("T")
 
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]+")
+# What a topic answers for a moment right after it is created (or while a leader moves).
+_SETTLING = frozenset(
+    {
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+    }
+)
+RETRY_STEP_S = 0.1
+
+
+def passing(err: KafkaError) -> bool:
+    """Will ``err`` clear up by itself (retriable, or a topic still settling)?"""
+    return bool(err.retriable()) or err.code() in _SETTLING
+
+
+def retrying(call: Callable[[], T], deadline: float, what: str) -> T:
+    """``call()`` again while it raises a passing ``KafkaException``, until ``deadline``."""
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not passing(exc.args[0]):
+                raise
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what}: still {exc.args[0]} at the deadline") from exc
+        time.sleep(RETRY_STEP_S)
 
 
 class Record(NamedTuple):
@@ -60,8 +93,21 @@ def create_topic(
     new = NewTopic(
         name, num_partitions=partitions, replication_factor=replication, config=config or {}
     )
-    futures = admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)
-    futures[name].result(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    tried = False
+
+    def create() -> None:
+        nonlocal tried
+        futures = admin.create_topics([new], operation_timeout=timeout, request_timeout=timeout)
+        try:
+            futures[name].result(timeout=timeout)
+        except KafkaException as exc:  # a retried create may find its first attempt done
+            if not (tried and exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+        finally:
+            tried = True
+
+    retrying(create, deadline, f"create topic {name}")
     wait_for_topic(bootstrap, name, partitions=partitions, timeout=timeout, admin=admin)
     return name
 
@@ -100,13 +146,17 @@ def delete_topics(bootstrap: str, names: list[str], *, timeout: float = 30.0) ->
     if not names:
         return
     admin = admin_client(bootstrap)  # keep a reference: the futures die with the client
-    futures = admin.delete_topics(names, operation_timeout=timeout)
-    for fut in futures.values():
-        try:
-            fut.result(timeout=timeout)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise
+    deadline = time.monotonic() + timeout
+    for name in names:
+
+        def delete(name: str = name) -> None:
+            try:
+                admin.delete_topics([name], operation_timeout=timeout)[name].result(timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # gone: fine
+                    raise
+
+        retrying(delete, deadline, f"delete topic {name}")
 
 
 def read_all(
@@ -185,16 +235,27 @@ def _partition_bounds(
     consumer: Consumer, topic: str, deadline: float
 ) -> dict[int, tuple[int, int]]:
     """(first offset, end offset) of every partition, end per the consumer's isolation level."""
-    md = consumer.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
-    tmd = md.topics.get(topic)
-    if tmd is None or tmd.error is not None:
-        raise AssertionError(f"topic {topic} unknown: {tmd.error if tmd else 'missing'}")
+
+    def step() -> float:
+        return max(1.0, min(10.0, deadline - time.monotonic()))
+
+    def partitions() -> list[int]:
+        tmd = consumer.list_topics(topic, timeout=step()).topics.get(topic)
+        if tmd is None:
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC))
+        if tmd.error is not None:
+            raise KafkaException(tmd.error)
+        return sorted(tmd.partitions)
+
     bounds: dict[int, tuple[int, int]] = {}
-    for p in sorted(tmd.partitions):
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, p), timeout=max(1.0, deadline - time.monotonic()), cached=False
+    for p in retrying(partitions, deadline, f"topic {topic} unknown"):
+        bounds[p] = retrying(
+            lambda p=p: consumer.get_watermark_offsets(  # type: ignore[misc]
+                TopicPartition(topic, p), timeout=step(), cached=False
+            ),
+            deadline,
+            f"offsets of {topic} [{p}]",
         )
-        bounds[p] = (low, high)
     return bounds
 
 

@@ -13,11 +13,13 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+import bridge.outcome as outcome_mod
 import bridge.publish as publish_mod
 import bridge.transactions as transactions_mod
 from bridge.config import KafkaSettings, PublishSettings
 from bridge.observability import Metrics
 from bridge.publish import Publisher
+from bridge.tail import SeedResult
 from tests.kafkautil import Record
 
 # -- realistic hits ------------------------------------------------------------------------
@@ -68,6 +70,22 @@ def header(rec: Record, name: str) -> bytes | None:
 # -- the fake producer (pure logic only) ----------------------------------------------------
 
 
+class _Delivered:
+    """What a delivery report says of a message (the fake's offsets count its open ones)."""
+
+    def __init__(self, topic: str, offset: int) -> None:
+        self._topic, self._offset = topic, offset
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
 class FakeProducer:
     """Records what the publisher asks of librdkafka and raises what a test scripts; like
     librdkafka, refuses at once a message above ``message.max.bytes`` and reports delivery."""
@@ -105,7 +123,7 @@ class FakeProducer:
         self.open.append((topic, bytes(value), key, headers))
         callback = kw.get("on_delivery")
         if callback is not None:
-            callback(None, None)
+            callback(None, _Delivered(topic, len(self.open) - 1))
 
     def send_offsets_to_transaction(self, offsets: Any, meta: Any, timeout: float) -> None:
         self._maybe_fail("send_offsets_to_transaction")
@@ -146,7 +164,9 @@ def fake_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeProducer]
     FakeProducer.instances = []
     FakeProducer.script = {}
     monkeypatch.setattr(transactions_mod, "Producer", FakeProducer)
-    monkeypatch.setattr(publish_mod, "read_hit_ids", lambda *a, **k: 0)
+    # The fake's failing commit_transaction never commits: a fatal one left nothing behind.
+    monkeypatch.setattr(outcome_mod, "committed_at", lambda *a, **k: False)
+    monkeypatch.setattr(publish_mod, "read_hit_ids", lambda *a, **k: SeedResult())
     monkeypatch.setattr(publish_mod, "topic_message_limit", lambda *a, **k: None)
     yield FakeProducer
 

@@ -269,3 +269,38 @@ def test_make_token_provider_picks_oauth_or_static(
     assert static.token() == "abc123"
     static.invalidate()
     assert static.token() == "abc123"
+
+
+def test_fetched_and_static_tokens_join_the_process_secrets(
+    endpoint: TokenEndpoint, http: httpx.Client
+) -> None:
+    """Every token the provider hands out is registered with the process's Secrets."""
+    from bridge.secrets import Secrets
+
+    secrets = Secrets()
+    tokens = make_token_provider(settings_for(endpoint), http, Metrics(), secrets=secrets)
+    assert secrets.found_in(f"a line with {tokens.token()} in it")
+    tokens.invalidate()
+    assert secrets.found_in(tokens.token())
+    assert len(secrets) == 2
+    static = make_token_provider(
+        AuthSettings(access_token="static-abc123"), http, Metrics(), secrets=secrets
+    )
+    assert secrets.found_in(static.token())
+
+
+@pytest.mark.parametrize("status", [200, 400])
+def test_deeply_nested_token_answer_is_handled(
+    endpoint: TokenEndpoint, http: httpx.Client, status: int
+) -> None:
+    """A token answer nested 60,000 deep is an unusable answer, not a RecursionError."""
+    endpoint.script = [(status, b"[" * 60_000)]
+    tokens = OAuthTokens(settings_for(endpoint), http, Metrics())
+    with pytest.raises(UpstreamLost if status == 200 else AuthError):
+        tokens.token()
+
+
+def test_static_token_is_not_renewable() -> None:
+    """A static token says it cannot be renewed; OAuth tokens can."""
+    assert StaticToken("abc123").renewable is False
+    assert OAuthTokens.renewable is True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from bridge.config import env_table, known_env_names, load_settings, masked, secret_env_names
 from bridge.errors import ConfigError
+from bridge.secrets import secret_values
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {
@@ -184,3 +186,98 @@ def test_check_config_prints_masked_settings(env: pytest.MonkeyPatch) -> None:
     assert proc.returncode == 0, proc.stderr
     assert '"client_secret": "***"' in proc.stdout
     assert "s3cr3t-VALUE-never-shown" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BRIDGE_LIVESTREAM__URL", "http://livestream.example/api/1/stream/demo"),
+        ("BRIDGE_AUTH__TOKEN_URL", "http://ims.example/ims/token/v3"),
+        ("BRIDGE_AUTH__TOKEN_URL", "not a url"),
+        ("BRIDGE_AUTH__TOKEN_URL", "ftp://ims.example/token"),
+        ("BRIDGE_LIVESTREAM__URL", "http://127.0.0.1.example/stream"),
+    ],
+)
+def test_cleartext_or_bad_url_is_refused(env: pytest.MonkeyPatch, name: str, value: str) -> None:
+    """A URL that would carry credentials in cleartext (or is no URL) is one line naming it."""
+    lines = problems(env, **{name: value})
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{name}: "), lines
+    assert value not in lines[0]
+
+
+@pytest.mark.parametrize(
+    "base", ["http://127.0.0.1:8081", "http://127.9.8.7", "http://[::1]:9", "http://localhost:1"]
+)
+def test_loopback_http_is_accepted(env: pytest.MonkeyPatch, base: str) -> None:
+    """Plain http to a loopback host (tests, the local demo) needs no opt-out."""
+    lines = problems(
+        env,
+        BRIDGE_LIVESTREAM__URL=f"{base}/api/1/stream/demo",
+        BRIDGE_AUTH__TOKEN_URL=f"{base}/ims/token/v3",
+    )
+    assert lines == []
+
+
+def test_insecure_opt_out_accepts_http_for_both_urls(env: pytest.MonkeyPatch) -> None:
+    """BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP lets a non-loopback http URL through, both of them."""
+    env.setenv("BRIDGE_LIVESTREAM__URL", "http://simulator:8081/api/1/stream/demo")
+    env.setenv("BRIDGE_AUTH__TOKEN_URL", "http://simulator:8081/ims/token/v3")
+    assert len(problems(env)) == 2
+    assert problems(env, BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP="true") == []
+
+
+def test_check_config_names_the_insecure_urls(env: pytest.MonkeyPatch) -> None:
+    """check-config says which URL is cleartext by opt-out and which by loopback, exit 0."""
+    env.setenv("BRIDGE_LIVESTREAM__URL", "http://simulator:8081/api/1/stream/demo")
+    env.setenv("BRIDGE_AUTH__TOKEN_URL", "http://127.0.0.1:8081/ims/token/v3")
+    env.setenv("BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP", "true")
+    proc = check_config()
+    assert proc.returncode == 0, proc.stderr
+    notes = proc.stderr.strip().splitlines()
+    assert len(notes) == 2, notes
+    opted = next(line for line in notes if "BRIDGE_LIVESTREAM__URL" in line)
+    assert "BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP" in opted
+    assert any("BRIDGE_AUTH__TOKEN_URL" in line and "loopback" in line for line in notes)
+
+
+def test_check_config_refuses_cleartext_url_with_exit_2(env: pytest.MonkeyPatch) -> None:
+    """An http URL to a remote host is exit 2, one stderr line naming it, no traceback."""
+    env.setenv("BRIDGE_AUTH__TOKEN_URL", "http://ims.example/ims/token/v3")
+    proc = check_config()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "BRIDGE_AUTH__TOKEN_URL" in lines[0], lines
+    assert "Traceback" not in proc.stderr
+
+
+SECRET_PROPERTIES = {
+    "sasl.oauthbearer.config": "clientId=app clientSecret=oauth-secret-distinct",
+    "ssl.key.pem": "-----BEGIN PRIVATE KEY-----\nMIIpem-distinct\n-----END PRIVATE KEY-----",
+    "ssl.key.password": "keypass-distinct",
+    "sasl.oauthbearer.client.secret": "client-secret-distinct",
+}
+
+
+def test_masked_output_hides_every_secret_property(env: pytest.MonkeyPatch) -> None:
+    """Every client property the secrets rule names is masked, the others are shown."""
+    props = {**SECRET_PROPERTIES, "ssl.endpoint.identification.algorithm": "https"}
+    env.setenv("BRIDGE_KAFKA__PROPERTIES", json.dumps(props))
+    shown = masked(load_settings(env_file=None))["kafka"]["properties"]
+    assert shown == {**dict.fromkeys(SECRET_PROPERTIES, "***"), **{
+        "ssl.endpoint.identification.algorithm": "https"}}  # fmt: skip
+
+
+def test_secret_values_are_what_the_rule_names(env: pytest.MonkeyPatch) -> None:
+    """secret_values holds every SecretStr value and every secret-named property's value."""
+    env.setenv("BRIDGE_KAFKA__SASL_PASSWORD", "kafka-pass-distinct")
+    env.setenv("BRIDGE_AUTH__ACCESS_TOKEN", "static-token-distinct")
+    env.setenv("BRIDGE_KAFKA__SSL_CA_LOCATION", "/etc/ca-distinct.pem")
+    env.setenv("BRIDGE_KAFKA__PROPERTIES", json.dumps({**SECRET_PROPERTIES, "acks": "all"}))
+    values = set(secret_values(load_settings(env_file=None)))
+    assert values == {
+        "s3cr3t-VALUE-never-shown",
+        "kafka-pass-distinct",
+        "static-token-distinct",
+        *SECRET_PROPERTIES.values(),
+    }

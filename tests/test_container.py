@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -278,3 +279,28 @@ def test_demo_env_example_names_only_known_settings() -> None:
     assert "BRIDGE_LIVESTREAM__URL" in names
     assert "BRIDGE_AUTH__CLIENT_SECRET" in names
     assert set(names) <= known_env_names()
+
+
+def test_compose_settings_are_accepted_by_the_bridge(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each bridge process of the compose demo, with the file's defaults, has settings the
+    bridge accepts: the simulator's plain-http URLs on another container need the explicit
+    cleartext opt-out, and the example for a real stream turns that opt-out off."""
+    from bridge.config import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("POD_NAME", raising=False)
+    for name in (*BRIDGES, "tail"):
+        for key in [k for k in os.environ if k.startswith("BRIDGE_")]:
+            monkeypatch.delenv(key)
+        for key, value in compose["services"][name]["environment"].items():
+            monkeypatch.setenv(key, _default(str(value)))
+        monkeypatch.setenv("BRIDGE_SECRETS_DIR", str(tmp_path / "no-secrets"))
+        settings = load_settings(env_file=None)
+        assert settings.livestream.url.startswith("http://simulator:"), name
+    example = dict(
+        re.findall(r"^(BRIDGE_[A-Z_]+)=(.*)$", DEMO_ENV_EXAMPLE.read_text(), re.MULTILINE)
+    )
+    assert example["BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP"] == "false"
+    assert example["BRIDGE_LIVESTREAM__URL"].startswith("https://")

@@ -143,11 +143,12 @@ def test_unfinished_record_is_held_back() -> None:
 
 
 def test_decompression_bomb_stays_bounded() -> None:
-    """A huge compressible record is reported with its size while memory stays bounded."""
+    """A huge compressible record is reported with its size while memory stays bounded
+    (with the ratio check relaxed, which would otherwise refuse such a stream first)."""
     size = 64_000_000
     inflate = zlib.compressobj(9, wbits=31)
     compressed = inflate.compress(b"a" * size) + inflate.compress(b"\nok\n") + inflate.flush()
-    decoder = RecordDecoder(2048)
+    decoder = RecordDecoder(2048, max_ratio=1e9)
     got = decoder.feed(compressed)
     assert got == [b"a" * 2048, b"ok"]
     assert isinstance(got[0], OversizedRecord)
@@ -197,3 +198,56 @@ def test_bench_script_prints_rates() -> None:
     assert float(lines["bridge RecordDecoder.feed"].split()[0]) > 0
     assert float(lines["bare zlib decompress"].split()[0]) > 0
     assert float(lines["ratio bridge/zlib"]) > 0
+
+
+def _bomb(records: int) -> bytes:
+    """One gzip member that inflates ``records`` tiny records from a few KB."""
+    return gzip.compress(b"{}\r\n" * records, compresslevel=9)
+
+
+def test_gzip_bomb_is_a_broken_stream_not_a_crash() -> None:
+    """A chunk inflating far beyond any hit stream's ratio raises UpstreamLost after about
+    one ratio span of output, instead of inflating everything into memory."""
+    bomb = _bomb(4_000_000)  # 16 MB of records from about 16 KB
+    assert len(bomb) < 64 * 1024
+    decoder = RecordDecoder(1024)
+    seen = 0
+    with pytest.raises(UpstreamLost, match="compression ratio"):
+        for batch in decoder.batches(bomb):
+            seen += len(batch)
+    # At most about one span (1 MiB) of output was framed before the stream was refused.
+    assert decoder.decompressed_bytes <= 2 * (1 << 20)
+    assert seen <= (2 * (1 << 20)) // 4
+
+
+def test_batches_are_bounded_by_one_gunzip_step() -> None:
+    """Every batch holds at most one step (1 MiB) of decompressed records, so a caller that
+    publishes each batch before taking the next never holds a whole chunk's expansion."""
+    body = b"".join(
+        b'{"hitIdLow":%d,"pad":"%s"}\r\n' % (i, os.urandom(30).hex().encode())
+        for i in range(60_000)
+    )
+    decoder = RecordDecoder(4096)
+    batches = list(decoder.batches(gzip.compress(body)))
+    assert len(batches) >= 3
+    assert all(sum(len(r) + 2 for r in batch) <= (1 << 20) + 4096 for batch in batches)
+    assert [r for b in batches for r in b] == body.split(b"\r\n")[:-1]
+
+
+def test_real_hit_streams_pass_the_ratio_check() -> None:
+    """The simulator's hit corpus, which stands for real hits, stays far below the default
+    ratio limit, so the bomb check never closes a real stream."""
+    from bridge.simulator import Simulator, SimulatorConfig
+
+    hits = 5000
+    sim = Simulator(SimulatorConfig(total_hits=hits))
+    body = sim._log.corpus.plain(range(hits), [1_770_000_000] * hits, {})
+    compressed = gzip.compress(body, compresslevel=9)
+    assert len(body) / len(compressed) < 50
+    assert len(RecordDecoder(1 << 20).feed(compressed)) == hits
+
+
+def test_ratio_limit_must_exceed_one() -> None:
+    """A ratio limit of 1 or less would refuse every gzip stream: rejected at construction."""
+    with pytest.raises(ValueError, match="max_ratio"):
+        RecordDecoder(1024, max_ratio=1.0)

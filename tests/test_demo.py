@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from pathlib import Path
@@ -68,11 +69,34 @@ def _status(port: int) -> dict[str, Any]:
     return body
 
 
-class Demo:
-    """One run of scripts/demo with its own directory and ports; output read by a thread."""
+def _tagged(tag: str) -> list[int]:
+    """Live pids whose environment carries ``DEMO_TEST_TAG=<tag>``: everything a demo run
+    started, however deep, whether or not it wrote a pid file for it."""
+    needle = f"DEMO_TEST_TAG={tag}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and _alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
-    def __init__(self, tmp: Path, seconds: int) -> None:
-        self.dir = tmp / "demo"
+
+class Demo:
+    """One run of scripts/demo with its own directory and ports; output read by a thread.
+
+    It runs in a session of its own, so a signal can reach its whole process group the
+    way `timeout` or a terminal sends one. With ``relay`` its output passes through a
+    ``cat`` process first, which a test can kill to leave the demo without a reader (a
+    closed terminal)."""
+
+    def __init__(self, tmp: Path, seconds: int, *, relay: bool = False) -> None:
+        self.dir = tmp / f"demo-{uuid.uuid4().hex[:6]}"
+        self.tag = uuid.uuid4().hex
         kafka, controller, sim, port_a, port_b = _free_ports(5)
         self.kafka_port, self.port_a, self.port_b = kafka, port_a, port_b
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KAFKA_"))}
@@ -89,26 +113,60 @@ class Demo:
             DEMO_HTTP_PORT_B=str(port_b),
             DEMO_STATUS_INTERVAL="2",
         )
-        self.env = env
+        self.env = {**env, "DEMO_TEST_TAG": self.tag}
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
+        self.relay: subprocess.Popen[str] | None = None
+        if relay:
+            self.relay = subprocess.Popen(
+                ["cat"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
         self.proc = subprocess.Popen(
             [str(DEMO)],
-            env=env,
+            env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if self.relay is None else self.relay.stdin,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=True,
         )
+        if self.relay is not None:
+            assert self.relay.stdin is not None
+            self.relay.stdin.close()  # the demo holds the only write end
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
+        source = self.proc.stdout if self.relay is None else self.relay.stdout
+        assert source is not None
+        for line in source:
             self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
+
+    def signal(self, sig: int, *, group: bool) -> None:
+        """``sig`` to the demo, or to its whole process group as timeout and terminals do."""
+        if group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def left_running(self, timeout: float) -> list[str]:
+        """What the run started that still runs ``timeout`` seconds from now (polled)."""
+        deadline = time.monotonic() + timeout
+        while (left := self.running()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return left
+
+    def running(self) -> list[str]:
+        out = []
+        for pid in _tagged(self.tag):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out.append(f"{pid}: {cmd[:160]}")
+        return out
 
     def expect(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
         """Block until an output line matches ``pattern``; fail with the output if not."""
@@ -158,9 +216,12 @@ class Demo:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=30)
-        for pid in self.pids().values():
+        for pid in {*self.pids().values(), *_tagged(self.tag)}:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if self.relay is not None and self.relay.poll() is None:
+            self.relay.kill()
+            self.relay.wait(timeout=30)
         env = dict(
             self.env,
             KAFKA_LOCAL_PORT=self.env["DEMO_KAFKA_PORT"],
@@ -177,8 +238,8 @@ def demo_factory(tmp_path: Path) -> Iterator[Any]:
     """``start(seconds)`` -> a running Demo; anything left behind is killed afterwards."""
     runs: list[Demo] = []
 
-    def start(seconds: int) -> Demo:
-        run = Demo(tmp_path, seconds)
+    def start(seconds: int, **options: Any) -> Demo:
+        run = Demo(tmp_path, seconds, **options)
         runs.append(run)
         return run
 
@@ -249,3 +310,50 @@ def test_demo_stops_everything_on_sigterm(demo_factory: Any) -> None:
     assert code == 0, demo.tail()
     assert any(line.startswith("[demo] stopped") for line in demo.lines), demo.tail()
     _assert_nothing_left(demo)
+
+
+STARTED_BROKER = re.compile(r"^\[kafka-start\] ")
+REPLICA_OUTPUT = re.compile(r"^\[bridge-[ab]\] ")
+UP = re.compile(r"^\[demo\] up: ")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(
+    ("moment", "sig", "group", "relay"),
+    [
+        (STARTED_BROKER, signal.SIGTERM, False, False),
+        (REPLICA_OUTPUT, signal.SIGTERM, True, False),
+        (UP, signal.SIGTERM, True, False),
+        (UP, signal.SIGINT, True, False),
+        (UP, signal.SIGHUP, True, True),
+    ],
+    ids=[
+        "term-while-broker-starts",
+        "timeout-while-replicas-start",
+        "timeout-while-running",
+        "ctrl-c",
+        "hangup",
+    ],
+)
+def test_demo_leaves_nothing_running_whatever_stops_it(
+    demo_factory: Any, moment: re.Pattern[str], sig: int, group: bool, relay: bool
+) -> None:
+    """TERM, INT or HUP, to the demo alone or to its whole process group, during start-up or
+    while running, with or without anyone left reading its output: once the demo has exited,
+    no process it started (broker, simulator, replicas, tail, helpers) is still running."""
+    demo = demo_factory(0, relay=relay)
+    demo.expect(moment, STARTUP_S)
+    if moment is UP:
+        demo.expect(ONE_LEADER, 120)
+    if demo.relay is not None:  # the terminal went away: nobody reads the demo's output now
+        demo.relay.kill()
+        demo.relay.wait(timeout=30)
+    demo.signal(sig, group=group)
+    code = demo.proc.wait(timeout=240)
+    left = demo.left_running(30)
+    demo.finish(timeout=30)
+    assert not left, f"exit {code}; still running:\n" + "\n".join(left) + "\n" + demo.tail(30)
+    assert not _processes_mentioning(str(demo.dir / "kafka")), "a broker is still running"
+    assert code == 0, demo.tail()

@@ -3,8 +3,13 @@ and the Kafka backend's watchdog and record parsing."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +20,7 @@ from bridge.election.kafka import KafkaElection, KafkaFencing, Watchdog, assigne
 from bridge.election.none import NoneElection
 from bridge.errors import ElectionError
 from bridge.observability import Metrics, State
+from tests.harness import wait_until
 
 GRACE = 60.0
 NOW = 1_800_000_000.0
@@ -117,8 +123,7 @@ def test_none_leads_at_once_and_close_ends_the_term() -> None:
     election = NoneElection(make_settings(backend="none"), metrics, state)
     election.start()
     term = election.wait_for_leadership(threading.Event())
-    assert term is not None and term.predecessor is None and term.fencing is None
-    assert term.grace_s(GRACE) == 0.0 and not term.lost.is_set()
+    assert term is not None and term.fencing is None and not term.lost.is_set()
     assert election.leader() == "replica-a" and state.role == "leader"
     assert metrics.leader._value.get() == 1
     election.announce_connected()
@@ -140,6 +145,19 @@ def test_none_release_ends_the_term_and_leads_again() -> None:
     assert first.lost.is_set() and election.leader() is None
     second = election.wait_for_leadership(threading.Event())
     assert second is not None and second.number == 2 and not second.lost.is_set()
+    election.close()
+
+
+def test_none_without_state_file_waits_the_full_grace() -> None:
+    """Without a state file a new single instance cannot know whether its predecessor died
+    holding the connection, so its first term waits the full grace; later terms do not."""
+    election = NoneElection(make_settings(backend="none"), Metrics(), State())
+    election.start()
+    first = election.wait_for_leadership(threading.Event())
+    assert first is not None and first.grace_s(GRACE) == GRACE
+    election.release(clean=True)
+    second = election.wait_for_leadership(threading.Event())
+    assert second is not None and second.predecessor is None and second.grace_s(GRACE) == 0.0
     election.close()
 
 
@@ -250,3 +268,137 @@ def test_assigned_partitions_parses_consumer_assignments() -> None:
     two = b"\x00\x01\x00\x00\x00\x01\x00\x01t\x00\x00\x00\x02\x00\x00\x00\x03\x00\x00\x00\x05"
     assert assigned_partitions(two) == [("t", 3), ("t", 5)]
     assert assigned_partitions(b"") == [] and assigned_partitions(raw[:12]) == []
+
+
+# -- backend none: the state file that carries the grace across restarts -------------------
+
+
+def none_on(path: Path, identity: str = "replica-a") -> NoneElection:
+    settings = make_settings(backend="none", state_file=str(path))
+    settings = settings.model_copy(
+        update={"election": settings.election.model_copy(update={"identity": identity})}
+    )
+    election = NoneElection(settings, Metrics(), State())
+    election.start()
+    return election
+
+
+def first_term(election: NoneElection) -> Term:
+    term = election.wait_for_leadership(threading.Event())
+    assert term is not None
+    return term
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
+
+
+def test_state_connected_then_crash_leaves_the_rest_of_the_grace(tmp_path: Path) -> None:
+    """A holder that announced its connection and vanished without release leaves "connected
+    until T"; the next instance waits the grace counted from T, never more than the grace."""
+    path = tmp_path / "state.json"
+    old = none_on(path, "old")
+    first_term(old)
+    before = time.time()
+    old.announce_connected()
+    doc = read_state(path)
+    assert doc["kind"] == CONNECTED and doc["identity"] == "old" and doc["clean"] is False
+    assert doc["until"] > doc["at"] >= before
+    old._stop_heartbeat()  # a kill -9: no release, no close, the file stays as it is
+
+    term = first_term(none_on(path, "new"))
+    assert term.predecessor == Predecessor("old", RELEASED, doc["until"], False)
+    assert term.grace_s(GRACE, now=doc["until"] - 1.0) == GRACE
+    assert term.grace_s(GRACE, now=doc["until"] + 15.0) == pytest.approx(GRACE - 15.0)
+    assert term.grace_s(GRACE, now=doc["until"] + GRACE + 1) == 0.0
+
+
+def test_state_heartbeat_moves_until_forward(tmp_path: Path) -> None:
+    """While the term lasts after announce_connected, the leader keeps renewing "until"."""
+    path = tmp_path / "state.json"
+    election = none_on(path)
+    first_term(election)
+    election.announce_connected()
+    first_until = read_state(path)["until"]
+    wait_until(lambda: read_state(path)["until"] > first_until, 10, "a heartbeat write")
+    election.close()
+
+
+def test_state_clean_release_lets_the_next_instance_connect_at_once(tmp_path: Path) -> None:
+    """A clean release (connection closed with FIN) is recorded; the successor waits 0 s."""
+    path = tmp_path / "state.json"
+    old = none_on(path, "old")
+    first_term(old)
+    old.announce_connected()
+    old.release(clean=True)
+    old.close()
+    doc = read_state(path)
+    assert (doc["kind"], doc["clean"]) == (RELEASED, True)
+    assert first_term(none_on(path, "new")).grace_s(GRACE) == 0.0
+
+
+def test_state_unclean_release_and_close_count_from_their_time(tmp_path: Path) -> None:
+    """An unclean release, or a close while connected, leaves the grace counted from then."""
+    for end in ("release", "close"):
+        path = tmp_path / f"{end}.json"
+        old = none_on(path, "old")
+        first_term(old)
+        old.announce_connected()
+        before = time.time()
+        if end == "release":
+            old.release(clean=False)
+        old.close()
+        doc = read_state(path)
+        assert (doc["kind"], doc["clean"]) == (RELEASED, False), end
+        assert before <= doc["at"] <= time.time(), end
+        grace = first_term(none_on(path, "new")).grace_s(GRACE, now=doc["at"] + 20.0)
+        assert grace == pytest.approx(GRACE - 20.0), end
+
+
+def test_state_untouched_when_this_instance_never_connected(tmp_path: Path) -> None:
+    """An instance stopped while still waiting out the grace leaves its predecessor's record
+    in place: it never held a connection, the predecessor's ghost may still hold one."""
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"identity": "old", "kind": CONNECTED, "at": NOW, "until": NOW}))
+    waiting = none_on(path, "waiting")
+    first_term(waiting)
+    waiting.release(clean=True)
+    waiting.close()
+    assert read_state(path)["identity"] == "old"
+    assert read_state(path)["kind"] == CONNECTED
+
+
+@pytest.mark.parametrize("content", [None, "", "{not json", '{"kind": "connected"}', "[1]"])
+def test_state_absent_or_unreadable_means_full_grace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str | None
+) -> None:
+    """No file, or one that is not a state record: the full grace (the safe side), one line."""
+    path = tmp_path / "state.json"
+    if content is not None:
+        path.write_text(content)
+    with caplog.at_level(logging.INFO, logger="bridge.election.none"):
+        term = first_term(none_on(path))
+    assert term.grace_s(GRACE) == GRACE
+    unknown = [r for r in caplog.records if r.getMessage() == "election.state_unknown"]
+    assert len(unknown) == 1
+
+
+def test_state_unwritable_is_logged_once_and_never_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state path that cannot be written (its directory is missing) logs one warning, the
+    instance goes on leading, and the next one waits the full grace."""
+    path = tmp_path / "missing-dir" / "state.json"
+    with caplog.at_level(logging.INFO, logger="bridge.election.none"):
+        election = none_on(path)
+        term = first_term(election)
+        election.announce_connected()
+        election.announce_connected()
+        election.release(clean=True)
+        election.close()
+    assert term.lost_reason == "released"
+    failed = [r for r in caplog.records if r.getMessage() == "election.state_unwritable"]
+    assert len(failed) == 1 and failed[0].levelno == logging.WARNING
+    assert not path.exists()
+    assert first_term(none_on(path)).grace_s(GRACE) == GRACE

@@ -397,7 +397,7 @@ def test_network_policy(render: Callable[..., Docs]) -> None:
     )
     policy = _only(docs, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    assert [rule["ports"] for rule in policy["ingress"]] == [[{"port": "http", "protocol": "TCP"}]]
     egress_ports = [{p["port"] for p in rule["ports"]} for rule in policy["egress"]]
     assert egress_ports == [{53}, {9094}, {443}]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "10.1.0.0/16"}}]

@@ -125,6 +125,7 @@ class Status:
     code: int
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # the body as sent, instead of ``body`` as JSON
 
 
 @dataclass
@@ -132,12 +133,24 @@ class Stream:
     """A 200: send ``body`` (raw gzip bytes) in ``pieces`` chunks, then ``end``:
     ``hold`` (stay open and silent until the client's FIN, then close), ``drop`` (close the
     socket without finishing the chunked body), ``finish`` (terminating chunk, then close),
-    ``deaf`` (ignore the client's FIN, stay silent) or ``deaf_talking`` (ignore the FIN and
-    keep sending empty gzip members, like a server that never reads its socket)."""
+    ``deaf`` (ignore the client's FIN, stay silent), ``deaf_talking`` (ignore the FIN and
+    keep sending empty gzip members, like a server that never reads its socket) or
+    ``talk_after_fin`` (after the client's FIN send each of ``tail`` as its own gzip
+    member, at the server's own pace, then the terminating chunk and FIN)."""
 
     body: bytes = b""
     pieces: int = 3
     end: str = "hold"
+    tail: tuple[bytes, ...] = ()
+
+
+@dataclass
+class Mute:
+    """Read the request and answer nothing until the client closes; with ``release`` and
+    ``then``: answer nothing until ``release`` is set, then act as ``then``."""
+
+    release: threading.Event | None = None
+    then: Stream | None = None
 
 
 @dataclass
@@ -157,8 +170,8 @@ class FakeLiveStream:
         self.tls = tls
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}/api/1/stream/test"
-        self.script: list[Status | Stream] = []
-        self.default: Status | Stream = Status(503)
+        self.script: list[Status | Stream | Mute] = []
+        self.default: Status | Stream | Mute = Status(503)
         self.seen: list[Seen] = []
         self.dropped_at: list[float] = []  # when the server itself ended a stream
         self.lock = threading.Lock()
@@ -196,8 +209,11 @@ class FakeLiveStream:
                 seen = Seen(time.monotonic(), lines[0], {k.lower(): v.strip() for k, v in pairs})
                 self.seen.append(seen)
                 action = self.script.pop(0) if self.script else self.default
-            if isinstance(action, Status):
+            if isinstance(action, Mute):
+                self._mute(conn, action, seen)
+            elif isinstance(action, Status):
                 body = json.dumps(action.body).encode() if action.body is not None else b""
+                body = action.raw if action.raw is not None else body
                 extra = "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
                 conn.sendall(
                     f"HTTP/1.1 {action.code} X\r\nContent-Type: application/json\r\n{extra}"
@@ -207,6 +223,18 @@ class FakeLiveStream:
             else:
                 self._stream(conn, action, seen)
         conn.close()
+
+    def _mute(self, conn: socket.socket, action: Mute, seen: Seen) -> None:
+        if action.release is not None and action.then is not None:
+            action.release.wait(10)
+            self._stream(conn, action.then, seen)
+            return
+        try:
+            while conn.recv(65536):  # until the client's FIN (or reset)
+                pass
+        finally:
+            with self.lock:
+                seen.closed_at = time.monotonic()
 
     def _stream(self, conn: socket.socket, action: Stream, seen: Seen) -> None:
         try:
@@ -224,9 +252,18 @@ class FakeLiveStream:
                 with self.lock:
                     self.dropped_at.append(time.monotonic())
                 return
-            if action.end == "hold":
+            if action.end in ("hold", "talk_after_fin"):
                 while conn.recv(65536):  # wait for the client's FIN (or reset)
                     pass
+            if action.end == "talk_after_fin":
+                with self.lock:
+                    seen.closed_at = time.monotonic()
+                for record in action.tail:
+                    member = gzip.compress(record + b"\r\n")
+                    conn.sendall(f"{len(member):x}\r\n".encode() + member + b"\r\n")
+                    time.sleep(0.01)  # the server's own pace, not a test synchronisation
+                conn.sendall(b"0\r\n\r\n")
+                return
             while action.end.startswith("deaf") and self.running:
                 if action.end == "deaf_talking":
                     conn.sendall(b"14\r\n" + gzip.compress(b"", mtime=0) + b"\r\n")
@@ -293,6 +330,8 @@ class RecordingSink:
 class CountingTokens:
     """A TokenProvider whose every fetch yields a new token."""
 
+    renewable = True
+
     def __init__(self, fail: BaseException | None = None) -> None:
         self.fetches = 0
         self.invalidations = 0
@@ -315,10 +354,16 @@ class CountingTokens:
 class Runner:
     """Upstream.run on its own thread; ``finish`` stops it and returns what it raised."""
 
-    def __init__(self, upstream: Upstream, sink: RecordingSink, first_delay: float = 0.0):
+    def __init__(
+        self,
+        upstream: Upstream,
+        sink: RecordingSink,
+        first_delay: float = 0.0,
+        stop: threading.Event | None = None,
+    ):
         self.upstream, self.sink = upstream, sink
         sink.upstream = upstream
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(first_delay,), daemon=True)
@@ -349,17 +394,15 @@ def make_upstream(
     stall: float = 10.0,
     metrics: Metrics | None = None,
     sleep_event: threading.Event | None = None,
+    secrets: Any = None,
     **settings: Any,
 ) -> Upstream:
+    settings.setdefault("connect_timeout_s", 2.0)
     ls = LivestreamSettings(
-        url=url,
-        reconnect_grace_s=grace,
-        backoff_cap_s=cap,
-        stall_timeout_s=stall,
-        connect_timeout_s=2.0,
-        **settings,
+        url=url, reconnect_grace_s=grace, backoff_cap_s=cap, stall_timeout_s=stall, **settings
     )
     auth = AuthSettings(access_token=TOKEN, client_id="sim-client")
+    extra = {} if secrets is None else {"secrets": secrets}
     return Upstream(
         ls,
         auth,
@@ -367,6 +410,7 @@ def make_upstream(
         metrics or Metrics(),
         rng=random.Random(5),
         sleep_event=sleep_event,
+        **extra,
     )
 
 
@@ -672,9 +716,11 @@ def test_shutdown_wakes_a_read_when_the_server_ignores_fin(fake: FakeLiveStream)
     up.close()
 
 
-def test_data_after_disconnect_is_drained_not_delivered(fake: FakeLiveStream) -> None:
-    """After disconnect() the bytes still arriving are read and dropped, never handed to
-    the sink; a server that keeps talking is cut off after the linger."""
+def test_a_server_talking_past_the_linger_is_cut_off_with_every_byte_delivered(
+    fake: FakeLiveStream,
+) -> None:
+    """After disconnect() the bytes still arriving keep reaching the sink (Live Stream counts
+    them as delivered); a server that never sends its FIN is cut off after the linger."""
     fake.default = Stream(gz_records(b'{"o":1}'), end="deaf_talking")
     metrics = Metrics()
     up = make_upstream(fake.url, grace=5.0, cap=10.0, metrics=metrics)
@@ -689,14 +735,40 @@ def test_data_after_disconnect_is_drained_not_delivered(fake: FakeLiveStream) ->
     sink = CountingSink()
     run = Runner(up, sink)
     wait_until(lambda: len(delivered) >= 3)
+    asked = time.monotonic()
     up.disconnect("test")
     after = len(delivered)
     wait_until(lambda: len(sink.closes()) == 1, timeout=2.0)
-    assert len(delivered) - after <= 1  # at most the chunk already being handed over
-    assert metrics.bytes_compressed._value.get() > sum(delivered)  # drained bytes were read
+    assert len(delivered) > after + 1  # the server sends a member every 20 ms
+    assert metrics.bytes_compressed._value.get() == sum(delivered)  # nothing read was dropped
     assert sink.closes()[0][3:] == ("test", False)
+    assert 0.4 - SLACK <= sink.closes()[0][2] - asked < 1.5
     wait_until(lambda: fake.seen[0].closed_at is not None, timeout=2.0)
     assert run.finish() is None
+    up.close()
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_bytes_after_our_fin_reach_the_sink_until_the_server_fin(
+    fake: FakeLiveStream, answer: bool
+) -> None:
+    """Every record the server writes after our FIN, up to its own FIN, reaches the sink and
+    the close stays clean, also when the sink answers False meanwhile (nothing restarts)."""
+    head = [b'{"p":%d}' % i for i in range(3)]
+    tail = tuple(b'{"q":%d}' % i for i in range(40))
+    fake.default = Stream(gz_records(*head), end="talk_after_fin", tail=tail)
+    up = make_upstream(fake.url, grace=5.0, cap=10.0)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: sink.records == head)
+    sink.answer = answer
+    up.disconnect("handover")
+    wait_until(lambda: len(sink.closes()) == 1, timeout=3.0)
+    assert sink.records == head + list(tail)  # 0 records lost
+    assert sink.closes()[0][3:] == ("handover", True)
+    assert [e[0] for e in sink.events] == ["opened", "closed"]
+    assert run.finish() is None
+    assert len(fake.seen) == 1
     up.close()
 
 
@@ -888,29 +960,10 @@ def test_every_attempt_is_logged_once(
     up.close()
 
 
-def test_injected_http_client_is_used_without_redirects(fake: FakeLiveStream) -> None:
-    """An injected client is used, and its follow_redirects setting cannot override ours."""
-    other = FakeLiveStream()
-    try:
-        fake.default = Status(302, headers={"Location": other.url})
-        other.default = Stream(gz_records(b'{"m":1}'))
-        ls = LivestreamSettings(url=fake.url, reconnect_grace_s=0.1, backoff_cap_s=1.0)
-        with httpx.Client(follow_redirects=True) as client:
-            up = Upstream(
-                ls, AuthSettings(access_token=TOKEN), CountingTokens(), Metrics(), http=client
-            )
-            sink = RecordingSink()
-            run = Runner(up, sink)
-            wait_until(lambda: sink.records == [b'{"m":1}'])
-            assert run.finish() is None
-        assert other.seen[0].headers["authorization"].startswith("Bearer ")
-        assert "x-api-key" not in other.seen[0].headers
-    finally:
-        other.close()
-
-
-def test_disconnect_wakes_a_blocked_tls_read(tmp_path: Path) -> None:
-    """Over TLS too, disconnect() wakes a read blocked in recv and the server sees EOF."""
+@pytest.fixture
+def tls_cert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server context with a fresh self-signed certificate for 127.0.0.1, whose
+    certificate the client trusts through SSL_CERT_FILE, as an operator would set it."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -926,29 +979,379 @@ def test_disconnect_wakes_a_blocked_tls_read(tmp_path: Path) -> None:
     )
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_ctx.load_cert_chain(cert, key)
-    tls = FakeLiveStream(tls=server_ctx)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return server_ctx
+
+
+def test_disconnect_wakes_a_blocked_tls_read(tls_cert: ssl.SSLContext) -> None:
+    """Over TLS too, disconnect() wakes a read blocked in recv and the server sees EOF."""
+    tls = FakeLiveStream(tls=tls_cert)
     try:
         tls.default = Stream(gz_records(b'{"tls":1}'), end="hold")
-        ls = LivestreamSettings(url=tls.url, reconnect_grace_s=5.0, backoff_cap_s=10.0)
-        client_ctx = ssl.create_default_context(cafile=str(cert))
-        with httpx.Client(verify=client_ctx) as client:
-            up = Upstream(
-                ls, AuthSettings(access_token=TOKEN), CountingTokens(), Metrics(), http=client
-            )
-            sink = RecordingSink()
-            run = Runner(up, sink)
-            wait_until(lambda: sink.records == [b'{"tls":1}'])
-            wait_until(lambda: up.state == "streaming")
-            wait_until(lambda: in_socket_read(run.thread), what="the reader blocked in recv")
-            asked = time.monotonic()
-            up.disconnect("test")
-            wait_until(lambda: tls.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
-            assert (tls.seen[0].closed_at or 0) - asked < 0.5
-            wait_until(lambda: len(sink.closes()) == 1, timeout=1.0)
-            assert sink.closes()[0][3] == "test"
-            assert run.finish() is None
+        up = make_upstream(tls.url, grace=5.0, cap=10.0, stall=60.0)
+        sink = RecordingSink()
+        run = Runner(up, sink)
+        wait_until(lambda: sink.records == [b'{"tls":1}'])
+        wait_until(lambda: up.state == "streaming")
+        wait_until(lambda: in_socket_read(run.thread), what="the reader blocked in recv")
+        asked = time.monotonic()
+        up.disconnect("test")
+        wait_until(lambda: tls.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
+        assert (tls.seen[0].closed_at or 0) - asked < 0.5
+        wait_until(lambda: len(sink.closes()) == 1, timeout=1.0)
+        assert sink.closes()[0][3] == "test"
+        assert run.finish() is None
+        up.close()
     finally:
         tls.close()
+
+
+def test_stop_ends_a_tls_request_waiting_for_headers(tls_cert: ssl.SSLContext) -> None:
+    """Over TLS, stop ends a request whose headers never come within a second."""
+    tls = FakeLiveStream(tls=tls_cert)
+    try:
+        tls.default = Mute()
+        up = make_upstream(tls.url, stall=60.0)
+        sink = RecordingSink()
+        run = Runner(up, sink)
+        wait_until(lambda: len(tls.seen) == 1 and up.state == "connecting")
+        started = time.monotonic()
+        assert run.finish(timeout=2.0) is None
+        assert time.monotonic() - started < 1.0
+        wait_until(lambda: tls.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
+        assert sink.events == []
+        up.close()
+    finally:
+        tls.close()
+
+
+# -- refusals, redirects and pending requests (issue 14) ---------------------------------
+
+
+def in_function(thread: threading.Thread, name: str) -> bool:
+    """Whether ``thread`` is inside a function called ``name`` right now."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code.co_name == name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class LateStop(threading.Event):
+    """A stop event that is set but wakes no waiter: holds open the moment between stop
+    being set and anyone reacting to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._never = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._never.wait(timeout)
+
+
+def test_stop_ends_a_request_waiting_for_headers(fake: FakeLiveStream) -> None:
+    """A server that accepts and never answers: stop ends the pending request within a
+    second, the server sees the connection closed, and sink.opened is never called."""
+    fake.default = Mute()
+    up = make_upstream(fake.url, stall=60.0)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: len(fake.seen) == 1 and up.state == "connecting")
+    started = time.monotonic()
+    assert run.finish(timeout=2.0) is None
+    assert time.monotonic() - started < 1.0
+    wait_until(lambda: fake.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
+    assert sink.events == []
+    assert not up.last_close_clean
+    up.close()
+
+
+def test_stop_ends_a_connect_that_hangs() -> None:
+    """stop ends an attempt whose TCP connect hangs (a full accept queue drops the SYN)
+    within a second, long before the connect timeout."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(8):  # fill the accept queue until a connect no longer completes
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.settimeout(0.3)
+                try:
+                    filler.connect(("127.0.0.1", port))
+                except TimeoutError:
+                    break
+            else:
+                pytest.skip("the accept queue never filled")
+            up = make_upstream(f"http://127.0.0.1:{port}/x", connect_timeout_s=30.0)
+            sink = RecordingSink()
+            run = Runner(up, sink)
+            wait_until(lambda: in_function(run.thread, "connect_tcp"), what="a hanging connect")
+            started = time.monotonic()
+            assert run.finish(timeout=2.0) is None
+            assert time.monotonic() - started < 1.0
+            assert sink.events == []
+            up.close()
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_disconnect_ends_a_request_waiting_for_headers(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """disconnect() (leadership lost, say) ends a request still waiting for headers at
+    once; the attempt is logged as cancelled and the next one comes after the grace."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    fake.script = [Mute()]
+    fake.default = Stream(gz_records(b'{"u":1}'))
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.3, cap=5.0, stall=60.0, metrics=metrics)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: len(fake.seen) == 1 and up.state == "connecting")
+    asked = time.monotonic()
+    up.disconnect("deposed")
+    wait_until(lambda: fake.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
+    assert (fake.seen[0].closed_at or 0) - asked < 0.5
+    wait_until(lambda: sink.records == [b'{"u":1}'], timeout=3.0)
+    first = attempt_lines(caplog)[0]
+    assert (first["attempt"], first["outcome"], first["delay_s"]) == (1, "cancelled", 0.3)
+    assert fake.seen[1].t - (fake.seen[0].closed_at or 0) >= 0.3 - SLACK
+    assert attempts(metrics, "cancelled", "none") == 1
+    assert [e[:2] for e in sink.events if e[0] == "opened"] == [("opened", 2)]
+    assert run.finish() is None
+    up.close()
+
+
+def test_headers_arriving_after_stop_are_never_opened(fake: FakeLiveStream) -> None:
+    """A 200 whose headers arrive after stop was set is closed at once without
+    sink.opened: a deposed leader never completes a connection it no longer owns."""
+    release = threading.Event()
+    fake.default = Mute(release=release, then=Stream(gz_records(b'{"v":1}'), end="hold"))
+    metrics = Metrics()
+    up = make_upstream(fake.url, stall=60.0, metrics=metrics)
+    sink = RecordingSink()
+    run = Runner(up, sink, stop=LateStop())
+    wait_until(lambda: len(fake.seen) == 1 and up.state == "connecting")
+    run.stop.set()
+    release.set()
+    assert run.done.wait(2.0)
+    assert run.error is None
+    wait_until(lambda: fake.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
+    assert sink.events == [] and sink.records == []
+    assert attempts(metrics, "cancelled", "200") == 1
+    assert attempts(metrics, "connected", "200") == 0
+    assert not up.last_close_clean
+    up.close()
+
+
+def test_redirect_elsewhere_over_plain_http_is_refused(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 302 to plain http on another host never gets the token: it is a refusal, backed
+    off and logged with the target's host only."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    other = FakeLiveStream()
+    try:
+        moved = other.url.replace("127.0.0.1", "localhost") + f"?leak={TOKEN}"
+        fake.default = Status(302, headers={"Location": moved})
+        metrics = Metrics()
+        up = make_upstream(fake.url, grace=0.05, cap=0.1, metrics=metrics)
+        run = Runner(up, RecordingSink())
+        wait_until(lambda: attempts(metrics, "retry", "302") >= 2)
+        assert run.finish() is None
+        assert other.seen == []
+        refused = [r for r in caplog.records if r.getMessage() == "upstream.redirect_refused"]
+        assert refused and refused[0].fields["to"] == "localhost"  # type: ignore[attr-defined]
+        lines = attempt_lines(caplog)
+        assert [line.get("refusals") for line in lines[:2]] == [1, 2]
+        text = caplog.text + "".join(json.dumps(getattr(r, "fields", {})) for r in caplog.records)
+        assert TOKEN not in text
+        up.close()
+    finally:
+        other.close()
+
+
+def test_redirect_over_https_to_a_host_off_the_list_is_refused(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 302 to https on a host outside the allow-list is refused without any connection."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    fake.default = Status(302, headers={"Location": "https://livestream.adobe.net.evil.test/x"})
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.05, cap=0.1, metrics=metrics)
+    run = Runner(up, RecordingSink())
+    wait_until(lambda: attempts(metrics, "retry", "302") >= 1)
+    assert run.finish() is None
+    refused = [r for r in caplog.records if r.getMessage() == "upstream.redirect_refused"]
+    assert refused[0].fields["to"] == "livestream.adobe.net.evil.test"  # type: ignore[attr-defined]
+    up.close()
+
+
+@pytest.mark.parametrize(
+    "target,allowed",
+    [
+        ("https://livestream.adobe.net/api/1/stream/x", True),
+        ("https://eu.livestream.adobe.net:8443/api/1/stream/x", True),
+        ("https://LiveStream.Adobe.NET/x", True),
+        ("http://livestream.adobe.net/x", False),  # plain http: the token would be readable
+        ("https://adobe.net/x", False),  # *.adobe.net names subdomains only
+        ("https://evil-adobe.net/x", False),
+        ("https://livestream.adobe.net.evil.test/x", False),
+        ("http://origin.example:9000/elsewhere", True),  # the configured scheme and host
+        ("https://origin.example/x", False),  # same host, other scheme
+        ("http://other.example/x", False),
+    ],
+)
+def test_redirect_targets_follow_the_allow_list(target: str, allowed: bool) -> None:
+    """Only https to an allow-listed host, or the configured scheme and host, is followed."""
+    from bridge.livestream import redirect_allowed
+
+    origin = httpx.URL("http://origin.example:8000/api/1/stream/x")
+    assert redirect_allowed(httpx.URL(target), origin, ("*.adobe.net",)) is allowed
+
+
+def test_redirect_allow_list_is_a_setting() -> None:
+    """The allow-list defaults to Adobe's domains and takes exact hosts and *.domain."""
+    default = LivestreamSettings(url="https://livestream.adobe.net/api/1/stream/x")
+    assert default.redirect_hosts == "*.adobe.net"
+    mine = LivestreamSettings(url="http://127.0.0.1/x", redirect_hosts="a.example, *.b.example")
+    assert mine.redirect_hosts == "a.example, *.b.example"
+    with pytest.raises(ValueError):
+        LivestreamSettings(url="http://127.0.0.1/x", redirect_hosts="https://a.example/")
+
+
+def test_deeply_nested_error_body_is_no_description(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 409 whose body is 60,000 '[' does not kill the reader: no description, backoff."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    fake.script = [Status(409, raw=b"[" * 60_000)]
+    fake.default = Stream(gz_records(b'{"w":1}'))
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.05, cap=0.1, metrics=metrics)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: sink.records == [b'{"w":1}'] or run.done.is_set())
+    assert run.error is None
+    assert sink.records == [b'{"w":1}']
+    assert attempt_lines(caplog)[0]["error_description"] == ""
+    assert attempts(metrics, "retry", "409") == 1
+    assert run.finish() is None
+    up.close()
+
+
+def test_gzipped_error_body_is_read_within_the_cap(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gzip-encoded error body is decoded for its description; one that inflates far past
+    the cap yields no description and no crash."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    small = gzip.compress(json.dumps({"error_description": "migrating"}).encode())
+    bomb = gzip.compress(b'{"error_description": "' + b"x" * 10_000_000 + b'"}')
+    fake.script = [
+        Status(503, raw=small, headers={"Content-Encoding": "gzip"}),
+        Status(503, raw=bomb, headers={"Content-Encoding": "gzip"}),
+    ]
+    fake.default = Stream(gz_records(b'{"z":1}'))
+    up = make_upstream(fake.url, grace=0.05, cap=0.1)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: sink.records == [b'{"z":1}'] or run.done.is_set(), timeout=10)
+    assert run.error is None
+    assert [line["error_description"] for line in attempt_lines(caplog)[:2]] == ["migrating", ""]
+    assert run.finish() is None
+    up.close()
+
+
+def test_refused_static_token_is_a_configuration_error(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A static token refused with 401 is retried after the grace twice, then AuthError
+    (exit 3): it can never change by itself."""
+    from bridge.auth import StaticToken
+
+    caplog.set_level(logging.INFO, logger="bridge")
+    fake.default = Status(401, {"error_description": "invalid token"})
+    metrics = Metrics()
+    up = make_upstream(fake.url, StaticToken(TOKEN), grace=0.2, cap=1.0, metrics=metrics)
+    run = Runner(up, RecordingSink())
+    assert run.done.wait(5)
+    assert isinstance(run.error, AuthError)
+    assert "401" in str(run.error) and TOKEN not in str(run.error)
+    times = [seen.t for seen in fake.seen]
+    assert len(times) == 3
+    assert all(b - a >= 0.2 - SLACK for a, b in itertools.pairwise(times))
+    assert [line["outcome"] for line in attempt_lines(caplog)] == ["retry", "retry", "fatal"]
+    assert attempts(metrics, "fatal", "401") == 1
+    up.close()
+
+
+def test_403_is_fatal_with_adobes_description(fake: FakeLiveStream) -> None:
+    """403 (not entitled) raises FatalUpstreamError carrying error_description, at once."""
+    fake.default = Status(403, {"error": "forbidden", "error_description": "no Live Stream"})
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.05, cap=0.1, metrics=metrics)
+    run = Runner(up, RecordingSink())
+    assert run.done.wait(3)
+    assert isinstance(run.error, FatalUpstreamError) and run.error.status == 403
+    assert "no Live Stream" in str(run.error)
+    assert len(fake.seen) == 1
+    assert attempts(metrics, "fatal", "403") == 1
+    up.close()
+
+
+def test_unknown_status_is_retried_visibly(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A status Live Stream does not document is retried with backoff, counted by status
+    and logged as unexpected with Adobe's description."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    fake.script = [Status(418, {"error_description": "teapot"})] * 2
+    fake.default = Stream(gz_records(b'{"t":1}'))
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.1, cap=0.4, metrics=metrics)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: sink.records == [b'{"t":1}'], timeout=5)
+    gaps = [b.t - a.t for a, b in itertools.pairwise(fake.seen)]
+    assert len(gaps) == 2 and all(g >= 0.1 - SLACK for g in gaps)
+    assert metrics.unexpected_statuses.labels(status="418")._value.get() == 2
+    unexpected = [r for r in caplog.records if r.getMessage() == "upstream.unexpected_status"]
+    assert len(unexpected) == 2 and unexpected[0].levelno == logging.WARNING
+    assert unexpected[0].fields["status"] == 418  # type: ignore[attr-defined]
+    assert unexpected[0].fields["error_description"] == "teapot"  # type: ignore[attr-defined]
+    assert [line.get("refusals") for line in attempt_lines(caplog)[:2]] == [1, 2]
+    assert run.finish() is None
+    up.close()
+
+
+def test_tokens_and_process_secrets_are_scrubbed_by_the_one_rule(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every token sent joins the process's Secrets, and Secrets.scrub cleans what the
+    upstream logs, including secrets it never saw itself (a SASL password, say)."""
+    from bridge.secrets import Secrets
+
+    caplog.set_level(logging.DEBUG)
+    secrets = Secrets()  # empty (so falsy) when handed over: it must still be the one used
+    fake.script = [Status(409, {"error_description": f"busy {TOKEN}-1 sasl-password-5150"})]
+    fake.default = Stream(gz_records(b'{"s":1}'))
+    up = make_upstream(fake.url, grace=0.05, cap=0.1, secrets=secrets)
+    secrets.add("sasl-password-5150")  # registered elsewhere in the process, later
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: sink.records == [b'{"s":1}'])
+    assert run.finish() is None
+    assert secrets.found_in(f"{TOKEN}-1")
+    text = caplog.text + "".join(json.dumps(getattr(r, "fields", {})) for r in caplog.records)
+    assert not secrets.found_in(text)
+    assert "busy *** ***" in text
+    up.close()
 
 
 # -- Upstream against the project's Live Stream simulator ------------------------------
@@ -1194,3 +1597,41 @@ def test_sim_corrupt_stream_reconnects_after_grace(
     assert client.finish() is None
     first = streams(sim)[0]
     assert streams(sim)[1]["t"] - (first["t"] + first["duration_s"]) >= GRACE - SLACK
+
+
+def test_sim_every_attempt_uses_a_fresh_connection(simulator: Callable[..., Any]) -> None:
+    """Built the way the service builds it, the upstream opens a new TCP connection for
+    every attempt: four attempts refused with 409 come from four distinct client ports."""
+    from bridge.config import ElectionSettings, HttpSettings, KafkaSettings, Settings
+    from bridge.service import Bridge
+
+    sim = simulator(rate=50.0)
+    sim.set_mode("status", code=409)
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        livestream=LivestreamSettings(
+            url=sim.stream_url, reconnect_grace_s=0.1, backoff_cap_s=0.3, connect_timeout_s=2.0
+        ),
+        auth=AuthSettings(
+            token_url=sim.token_url, client_id="sim-client", client_secret="sim-secret"
+        ),
+        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:9"),  # never contacted here
+        election=ElectionSettings(backend="none"),
+        http=HttpSettings(port=0),
+    )
+    bridge = Bridge(settings)
+    sink = RecordingSink()
+    run = Runner(bridge.upstream, sink)
+    try:
+        wait_until(lambda: len(sim.attempts()) >= 4, timeout=10)
+        sim.set_mode("normal")
+        wait_until(lambda: len(streams(sim)) == 1, timeout=10)
+        assert run.finish() is None
+    finally:
+        run.stop.set()
+        bridge.upstream.close()
+        bridge.http.close()
+    refused = [a for a in sim.attempts() if a["status"] == 409]
+    assert len(refused) >= 4
+    ports = [a["client"].rsplit(":", 1)[1] for a in sim.attempts()]
+    assert len(set(ports)) == len(ports), ports

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.observability import EventLog, HttpEndpoint, Metrics, State, configure_logging
+from bridge.secrets import Secrets
 
 
 @pytest.fixture
@@ -121,7 +125,7 @@ def _restore_root_logger() -> Iterator[None]:
     root.setLevel(level)
 
 
-def _capture(fmt: str, secrets: list[str]) -> io.StringIO:
+def _capture(fmt: str, secrets: Secrets | list[str]) -> io.StringIO:
     buf = io.StringIO()
     configure_logging(fmt, "INFO", secrets)
     handler = logging.getLogger().handlers[0]
@@ -146,3 +150,102 @@ def test_configured_secrets_are_redacted_from_log_lines() -> None:
     out = buf.getvalue()
     assert "hunter2-distinct" not in out
     assert out.count("***") == 2
+
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIpem-distinct\n-----END PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_log_redactor_follows_the_live_secrets(fmt: str) -> None:
+    """Secrets added after logging was configured (a fresh token, a multi-line key) are
+    scrubbed from messages and nested fields, and a JSON line stays valid JSON."""
+    secrets = Secrets(["configured-distinct"])
+    buf = _capture(fmt, secrets)
+    secrets.add("token-arrived-later")
+    secrets.add(PEM)
+    EventLog("t").info(
+        "got token-arrived-later", conf=PEM, nested={"a": ["x configured-distinct y"]}
+    )
+    out = buf.getvalue()
+    for value in ("token-arrived-later", "MIIpem-distinct", "configured-distinct"):
+        assert value not in out
+    assert out.count("***") == 3
+    if fmt == "json":
+        assert json.loads(out)["conf"] == "***"
+
+
+def test_status_is_scrubbed_of_secrets() -> None:
+    """/status never shows a secret value, even one that reached the state's text fields."""
+    secrets, state = Secrets(["leader-secret-distinct"]), State(identity="replica-1")
+    ep = HttpEndpoint("127.0.0.1", 0, Metrics(), state, lambda: True, secrets=secrets)
+    ep.start()
+    try:
+        state.set_role("standby", "x-leader-secret-distinct")
+        secrets.add("late-token-distinct")
+        state.upstream = "error: late-token-distinct"
+        status, body = get(ep, "/status")
+    finally:
+        ep.stop()
+    assert status == 200
+    assert b"leader-secret-distinct" not in body and b"late-token-distinct" not in body
+    assert json.loads(body)["leader"] == "x-***"
+
+
+def test_idle_half_requests_cannot_exhaust_the_endpoint(
+    endpoint: tuple[HttpEndpoint, State, list[bool]],
+) -> None:
+    """300 connections each holding half a request line (slow-loris): /healthz still answers
+    within a second and the process does not grow a thread per connection."""
+    ep = endpoint[0]
+    before = threading.active_count()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            conn = socket.create_connection(("127.0.0.1", ep.port), timeout=10)
+            conn.sendall(b"GET /healthz HT")
+            held.append(conn)
+        started = time.monotonic()
+        status, _ = get(ep, "/healthz")
+        elapsed = time.monotonic() - started
+        during = threading.active_count()
+    finally:
+        for conn in held:
+            conn.close()
+    print(f"\n/healthz under 300 idle connections: {elapsed:.3f}s, threads {before}->{during}")
+    assert status == 200
+    assert elapsed < 1.0
+    assert during - before <= 2
+
+
+def _closed_by_peer(conn: socket.socket, deadline_s: float, drip: bool) -> float | None:
+    """Seconds until the server closed ``conn`` (None: still open at the deadline); with
+    ``drip`` one more byte of the request line is sent every 0.1 s meanwhile."""
+    conn.settimeout(0.1)
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        try:
+            if drip:
+                conn.sendall(b"X")
+            if conn.recv(1) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except OSError:  # reset or broken pipe: closed as well
+            return time.monotonic() - started
+    return None
+
+
+@pytest.mark.parametrize("drip", [False, True])
+def test_a_request_must_arrive_within_the_timeout(drip: bool) -> None:
+    """A connection that sends nothing more, or drips a byte at a time, is closed once the
+    request timeout has passed since it was accepted."""
+    ep = HttpEndpoint("127.0.0.1", 0, Metrics(), State(), lambda: True, request_timeout_s=0.5)
+    ep.start()
+    try:
+        with socket.create_connection(("127.0.0.1", ep.port), timeout=5) as conn:
+            conn.sendall(b"GET /hea")
+            closed_after = _closed_by_peer(conn, 5.0, drip)
+        assert get(ep, "/healthz")[0] == 200
+    finally:
+        ep.stop()
+    assert closed_after is not None and 0.4 <= closed_after < 2.0, closed_after

@@ -128,6 +128,44 @@ def test_duplicates_are_dropped_and_counted(fake: type[FakeProducer]) -> None:
     assert metrics.records_deduplicated._value.get() == 1
 
 
+def test_ids_that_print_alike_are_different_hits(fake: type[FakeProducer]) -> None:
+    """Zero-padded and colon-bearing ids that used to share a dedupe key are all published;
+    a true repeat (number or canonical string form) is still dropped."""
+    pub, metrics = fake_publisher()
+    pub.begin(None)
+    records = [
+        b'{"hitIdHigh":"0123","hitIdLow":"1"}',
+        b'{"hitIdHigh":"123","hitIdLow":"1"}',
+        b'{"hitIdHigh":"a:b","hitIdLow":"c"}',
+        b'{"hitIdHigh":"a","hitIdLow":"b:c"}',
+        b'{"hitIdHigh":"7","hitIdLow":"00"}',
+        b'{"hitIdHigh":"7","hitIdLow":"0"}',
+    ]
+    pub.publish_many([*records, b'{"hitIdHigh":123,"hitIdLow":1}'], NOW)
+    assert [v for _, v, _, _ in sent(fake.instances[0])] == records
+    assert metrics.records_deduplicated._value.get() == 1
+
+
+def test_dead_letters_are_counted_once_when_offered_again(fake: type[FakeProducer]) -> None:
+    """A dead letter that Kafka did not take during an outage, offered again and committed,
+    counts once: the counts follow what is committed."""
+    clock = FakeClock()
+    pub, metrics = fake_publisher(clock, kafka_outage_s=5)
+    pub.begin(None)
+    records = [b"not json", b'{"hitIdHigh":1,"hitIdLow":1}']
+    fake.script["produce"] = Timeouts(clock)
+    with pytest.raises(PublishError, match="KAFKA_OUTAGE_S"):
+        pub.publish_many(records, NOW)
+    assert pub.resume_at == 0
+    fake.script["produce"] = []
+    pub.publish_many(records, NOW, pub.resume_at)
+    pub.commit()
+    assert [v for _, v, _, _ in fake.instances[0].committed] == records
+    assert metrics.records_dead_lettered.labels(reason="not_json")._value.get() == 1
+    assert pub.counters["records_dead_lettered"] == 1
+    assert metrics.records_published._value.get() == 1
+
+
 @pytest.mark.parametrize("failing", ["commit_transaction", "produce"])
 def test_publish_many_names_where_to_resume_after_an_outage(
     fake: type[FakeProducer], failing: str

@@ -10,6 +10,7 @@ refused and corrupt streams, a static token refused, refused client credentials,
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -97,10 +98,11 @@ def test_oauth_scenario_prints_no_secret_and_no_token(kafka_bootstrap: str, tmp_
             v = wait_for_all(kafka_bootstrap, topic, sim.emitted_hit_ids, timeout=120)
             assert (v.lost, v.duplicated) == ([], []), v.line()
             answers += scrape(bridge).values()
+            code = bridge.wait(30)  # a refused static token is a configuration error
         finally:
-            code = bridge.stop()
+            bridge.stop()
         tokens = sim.issued_tokens()
-    assert code == 0
+    assert code == 3, bridge.logs()[-2000:]
     assert len(tokens) >= 2, "the scenario must have fetched more than one token"
     printed = bridge.logs().encode()
     # The paths that handle credentials really ran (and printed their lines).
@@ -114,8 +116,8 @@ def test_oauth_scenario_prints_no_secret_and_no_token(kafka_bootstrap: str, tmp_
 
 
 def test_static_token_refused_prints_no_token(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """A static access token (text logs), used, then refused with 401 again and again: the
-    token never appears in the output or an endpoint answer."""
+    """A static access token (text logs), used, then refused with 401 until the process
+    gives up (exit 3): the token never appears in the output or an endpoint answer."""
     cfg = SimulatorConfig(rate=500.0, client_secret=CLIENT_SECRET, ghost_s=2.0)
     answers: list[bytes] = []
     with Simulator(cfg) as sim:
@@ -145,10 +147,11 @@ def test_static_token_refused_prints_no_token(kafka_bootstrap: str, tmp_path: Pa
                 lambda: sum(a["status"] == 401 for a in sim.attempts()) >= 3, 40, "three 401s"
             )
             answers += scrape(bridge).values()
+            code = bridge.wait(30)  # a refused static token is a configuration error
         finally:
-            code = bridge.stop()
+            bridge.stop()
         tokens = sim.issued_tokens()
-    assert code == 0
+    assert code == 3, bridge.logs()[-2000:]
     printed = bridge.logs()
     assert "static_token_refused" in printed
     assert leaks([printed.encode(), *answers], [token, *tokens, CLIENT_SECRET]) == []
@@ -176,15 +179,23 @@ def test_refused_client_secret_exits_3_without_printing_it(
 
 
 def test_check_config_masks_every_secret(kafka_bootstrap: str, tmp_path: Path) -> None:
-    """``check-config`` prints the effective settings without any secret value."""
+    """``check-config`` prints the effective settings without any secret value, including
+    those in client properties such as ``sasl.oauthbearer.config`` and ``ssl.key.pem``."""
     token, password = f"TOK-{secrets.token_hex(16)}", f"PW-{secrets.token_hex(16)}"
+    oauth, pem = f"OB-{secrets.token_hex(16)}", f"PEM{secrets.token_hex(16)}"
     with Simulator(SimulatorConfig(rate=1.0)) as sim:
         env = env_for(
             sim,
             kafka_bootstrap,
             BRIDGE_AUTH__ACCESS_TOKEN=token,
             BRIDGE_KAFKA__SASL_PASSWORD=password,
-            BRIDGE_KAFKA__PROPERTIES='{"ssl.key.password": "' + password + '"}',
+            BRIDGE_KAFKA__PROPERTIES=json.dumps(
+                {
+                    "ssl.key.password": password,
+                    "sasl.oauthbearer.config": f"clientId=app clientSecret={oauth}",
+                    "ssl.key.pem": f"-----BEGIN PRIVATE KEY-----\n{pem}\n-----END",
+                }
+            ),
         )
     done = subprocess.run(
         [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "check-config"],
@@ -195,4 +206,4 @@ def test_check_config_masks_every_secret(kafka_bootstrap: str, tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr
     assert b"sasl_password" in done.stdout
-    assert leaks([done.stdout, done.stderr], [CLIENT_SECRET, token, password]) == []
+    assert leaks([done.stdout, done.stderr], [CLIENT_SECRET, token, password, oauth, pem]) == []

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
+import bridge.transactions as transactions_mod
 from bridge.config import PublishSettings
 from bridge.errors import FencedError, PublishError
 from bridge.observability import Metrics
@@ -289,3 +291,68 @@ def test_stale_election_generation_fences_the_commit(
         second.close()
     got = read_all(kafka_bootstrap, topic)
     assert [header(r, "hit-id") for r in got] == [b"3141592653589793238:1"]
+
+
+class _FatalAfterCommit:
+    """The real producer, except that its first commit_transaction commits for real (or,
+    with ``commits=False``, does not) and then raises a fatal error: a commit whose outcome
+    the writer cannot know from the error alone."""
+
+    def __init__(self, conf: dict[str, Any], commits: bool) -> None:
+        self._real = Producer(conf)
+        self._commits = commits
+        self.armed = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def __len__(self) -> int:
+        return len(self._real)
+
+    def commit_transaction(self, timeout: float) -> None:
+        if self.armed:
+            self.armed = False
+            if self._commits:
+                self._real.commit_transaction(timeout)
+            raise KafkaException(KafkaError(KafkaError._INCONSISTENT, "injected", fatal=True))
+        self._real.commit_transaction(timeout)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("commits", [True, False], ids=["committed", "not-committed"])
+def test_fatal_error_in_commit_replays_only_what_did_not_commit(
+    kafka_bootstrap: str,
+    topic_factory: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+    commits: bool,
+) -> None:
+    """A fatal error from commit_transaction: the writer finds out whether the transaction
+    committed before replaying; each record is in the topic exactly once either way."""
+    topic, dlq = topic_factory(3), topic_factory(1)
+    made: list[Any] = []
+
+    def producer(conf: dict[str, Any]) -> Any:
+        made.append(_FatalAfterCommit(conf, commits) if not made else Producer(conf))
+        return made[-1]
+
+    monkeypatch.setattr(transactions_mod, "Producer", producer)
+    bodies = make_bodies(50)
+    first = [make_hit(bodies, i) for i in range(1, 501)]
+    later = [make_hit(bodies, i) for i in range(501, 601)]
+    metrics = Metrics()
+    pub = Publisher(
+        kafka_settings(kafka_bootstrap, topic, dlq),
+        PublishSettings(commit_interval_ms=60_000),
+        metrics,
+    )
+    pub.begin(None)
+    run_publisher(pub, [*first, b"not json"])
+    pub.commit()  # fails fatally once, then settles
+    assert len(made) == 2, "the fatal error did not rebuild the producer"
+    run_publisher(pub, later)
+    pub.close(30)
+    got = read_all(kafka_bootstrap, topic)
+    assert sorted(r.value for r in got if r.value) == sorted(first + later)
+    assert [r.value for r in read_all(kafka_bootstrap, dlq)] == [b"not json"]
+    assert metrics.records_published._value.get() == len(first) + len(later)
+    assert metrics.records_dead_lettered.labels(reason="not_json")._value.get() == 1

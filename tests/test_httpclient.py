@@ -1,0 +1,178 @@
+"""The HTTP client factory: Live Stream's client against a real loopback server.
+
+These pin what ``bridge.httpclient`` relies on inside httpx and httpcore (the pool it
+replaces, the stream it wraps): an upgrade that changes them fails here first.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from bridge.config import LivestreamSettings
+from bridge.httpclient import UpstreamHttp, token_client
+
+
+class LoopbackServer:
+    """Answers every request with a small keep-alive 200, or never answers (``mute``)."""
+
+    def __init__(self, *, mute: bool = False) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/x"
+        self.mute = mute
+        self.peers: list[int] = []  # client port of every request
+        self.closed = threading.Event()  # a mute connection saw the client close
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, addr = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn, addr[1]), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, port: int) -> None:
+        buf = b""
+        try:
+            while data := conn.recv(65536):
+                buf += data
+                while b"\r\n\r\n" in buf:
+                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    self.peers.append(port)
+                    if not self.mute:
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        except OSError:
+            pass
+        conn.close()
+        self.closed.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def settings() -> LivestreamSettings:
+    return LivestreamSettings(url="http://127.0.0.1/x", connect_timeout_s=3.0, stall_timeout_s=60.0)
+
+
+@pytest.fixture
+def server() -> Iterator[LoopbackServer]:
+    srv = LoopbackServer()
+    yield srv
+    srv.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_every_request_gets_a_fresh_connection(
+    settings: LivestreamSettings, server: LoopbackServer
+) -> None:
+    """The server offers keep-alive, yet each request comes from a new client port."""
+    http = UpstreamHttp(settings)
+    try:
+        for _ in range(3):
+            http.arm()
+            with http.client.stream("GET", server.url) as response:
+                assert response.read() == b"ok"
+        assert len(server.peers) == 3 and len(set(server.peers)) == 3
+    finally:
+        http.close()
+
+
+def test_client_settings_follow_the_stream_rules(settings: LivestreamSettings) -> None:
+    """No redirects followed by httpx, the read timeout is the stall watchdog, and the
+    token client does not follow redirects either."""
+    http = UpstreamHttp(settings)
+    try:
+        assert http.client.follow_redirects is False
+        assert http.client.timeout.read == 60.0
+        assert http.client.timeout.connect == 3.0
+    finally:
+        http.close()
+    with token_client() as client:
+        assert client.follow_redirects is False
+
+
+def test_cancel_ends_a_request_waiting_for_headers(settings: LivestreamSettings) -> None:
+    """cancel() from another thread ends a request whose headers never come, at once."""
+    mute = LoopbackServer(mute=True)
+    http = UpstreamHttp(settings)
+    outcome: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            http.client.get(mute.url)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    try:
+        http.arm()
+        thread = threading.Thread(target=request, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not mute.peers:  # the request has reached the server
+            assert time.monotonic() < deadline, "the request never arrived"
+            time.sleep(0.005)
+        cut = time.monotonic()
+        assert http.cancel() is True
+        thread.join(2.0)
+        assert not thread.is_alive()
+        assert time.monotonic() - cut < 1.0
+        assert outcome and isinstance(outcome[0], httpx.TransportError)
+        assert mute.closed.wait(1.0)
+    finally:
+        http.close()
+        mute.close()
+
+
+def test_cancel_refuses_new_connections_until_armed(
+    settings: LivestreamSettings, server: LoopbackServer
+) -> None:
+    """After cancel() no connection is made until the next arm()."""
+    http = UpstreamHttp(settings)
+    try:
+        http.arm()
+        assert http.cancel() is False  # nothing open
+        with pytest.raises(httpx.ConnectError):
+            http.client.get(server.url)
+        assert server.peers == []
+        http.arm()
+        assert http.client.get(server.url).content == b"ok"
+    finally:
+        http.close()
+
+
+def test_no_descriptor_outlives_its_connection(
+    settings: LivestreamSettings, server: LoopbackServer
+) -> None:
+    """The descriptor kept to cancel a connection is closed with it: no leak, and no
+    connection kept open by it."""
+    http = UpstreamHttp(settings)
+    try:
+        http.arm()
+        http.client.get(server.url).read()  # warm up whatever httpx opens once
+        before = open_fds()
+        for _ in range(5):
+            http.arm()
+            with http.client.stream("GET", server.url) as response:
+                response.read()
+        deadline = time.monotonic() + 5  # the server closes its side when it sees ours
+        while open_fds() != before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert open_fds() == before
+        assert http.backend.cancel() is False  # nothing is tracked any more
+    finally:
+        http.close()

@@ -88,8 +88,9 @@ def _denied(kafka: KafkaSettings, err: KafkaError, topic: str) -> None:
         raise KafkaSetupError(problem)
 
 
-def _transient(err: KafkaError) -> bool:
-    return err.retriable() or err.code() in _TRANSIENT
+def transient(err: KafkaError) -> bool:
+    """Will ``err`` clear up by itself (retriable, or a topic or leader still settling)?"""
+    return bool(err.retriable()) or err.code() in _TRANSIENT
 
 
 def _hit_id(msg: Message) -> tuple[int, int] | None:
@@ -129,13 +130,13 @@ class _Seed:
                 tmd = md.topics.get(self.topic)
                 if tmd is not None and tmd.error is not None:
                     _denied(self.kafka, tmd.error, self.topic)
-                    if not _transient(tmd.error):
+                    if not transient(tmd.error):
                         return []
                 elif tmd is not None and tmd.partitions:
                     return partitions_of(md, self.topic)
             except KafkaException as exc:
                 _denied(self.kafka, exc.args[0], self.topic)
-                if not _transient(exc.args[0]):
+                if not transient(exc.args[0]):
                     raise
             if time.monotonic() >= self.deadline:
                 return []
@@ -166,7 +167,7 @@ class _Seed:
                     err = exc.args[0]
                     _denied(self.kafka, err, self.topic)
                     last[p] = err.name()
-                    if not _transient(err):
+                    if not transient(err):
                         failed[p] = err.name()
             pending = [p for p in pending if p not in spans and p not in failed]
             if pending and time.monotonic() >= self.deadline:

@@ -19,29 +19,20 @@ from typing import Any, NamedTuple, TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bridge.tail import transient
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_LOCAL = REPO_ROOT / "scripts" / "kafka-local"
 T = TypeVar("T")
 
 _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9._-]+")
-# What a topic answers for a moment right after it is created (or while a leader moves).
-_SETTLING = frozenset(
-    {
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_PARTITION,
-        KafkaError._UNKNOWN_TOPIC,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-    }
-)
 RETRY_STEP_S = 0.1
 
 
 def passing(err: KafkaError) -> bool:
-    """Will ``err`` clear up by itself (retriable, or a topic still settling)?"""
-    return bool(err.retriable()) or err.code() in _SETTLING
+    """Will ``err`` clear up by itself? The bridge's own rule (a topic just created answers
+    NOT_LEADER_FOR_PARTITION and the like for a moment)."""
+    return transient(err)
 
 
 def retrying(call: Callable[[], T], deadline: float, what: str) -> T:

@@ -1006,25 +1006,6 @@ def test_disconnect_wakes_a_blocked_tls_read(tls_cert: ssl.SSLContext) -> None:
         tls.close()
 
 
-def test_stop_ends_a_tls_request_waiting_for_headers(tls_cert: ssl.SSLContext) -> None:
-    """Over TLS, stop ends a request whose headers never come within a second."""
-    tls = FakeLiveStream(tls=tls_cert)
-    try:
-        tls.default = Mute()
-        up = make_upstream(tls.url, stall=60.0)
-        sink = RecordingSink()
-        run = Runner(up, sink)
-        wait_until(lambda: len(tls.seen) == 1 and up.state == "connecting")
-        started = time.monotonic()
-        assert run.finish(timeout=2.0) is None
-        assert time.monotonic() - started < 1.0
-        wait_until(lambda: tls.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
-        assert sink.events == []
-        up.close()
-    finally:
-        tls.close()
-
-
 # -- refusals, redirects and pending requests (issue 14) ---------------------------------
 
 
@@ -1050,21 +1031,29 @@ class LateStop(threading.Event):
         return self._never.wait(timeout)
 
 
-def test_stop_ends_a_request_waiting_for_headers(fake: FakeLiveStream) -> None:
-    """A server that accepts and never answers: stop ends the pending request within a
-    second, the server sees the connection closed, and sink.opened is never called."""
-    fake.default = Mute()
-    up = make_upstream(fake.url, stall=60.0)
-    sink = RecordingSink()
-    run = Runner(up, sink)
-    wait_until(lambda: len(fake.seen) == 1 and up.state == "connecting")
-    started = time.monotonic()
-    assert run.finish(timeout=2.0) is None
-    assert time.monotonic() - started < 1.0
-    wait_until(lambda: fake.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
-    assert sink.events == []
-    assert not up.last_close_clean
-    up.close()
+@pytest.mark.parametrize("over_tls", [False, True], ids=["http", "https"])
+def test_stop_ends_a_request_waiting_for_headers(
+    over_tls: bool, request: pytest.FixtureRequest
+) -> None:
+    """A server that accepts and never answers (plain or TLS): stop ends the pending
+    request within a second, the server sees the connection closed, and sink.opened is
+    never called."""
+    server = FakeLiveStream(tls=request.getfixturevalue("tls_cert") if over_tls else None)
+    try:
+        server.default = Mute()
+        up = make_upstream(server.url, stall=60.0)
+        sink = RecordingSink()
+        run = Runner(up, sink)
+        wait_until(lambda: len(server.seen) == 1 and up.state == "connecting")
+        started = time.monotonic()
+        assert run.finish(timeout=2.0) is None
+        assert time.monotonic() - started < 1.0
+        wait_until(lambda: server.seen[0].closed_at is not None, timeout=1.0, what="server EOF")
+        assert sink.events == []
+        assert not up.last_close_clean
+        up.close()
+    finally:
+        server.close()
 
 
 def test_stop_ends_a_connect_that_hangs() -> None:

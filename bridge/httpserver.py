@@ -12,6 +12,7 @@ threads, which answer once and close (no keep-alive: a probe opens a connection 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import selectors
@@ -20,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import cast
 
 __all__ = ["BoundedHttpServer", "Responder"]
 
@@ -96,8 +96,10 @@ class BoundedHttpServer:
                 for key, _ in sel.select(timeout=self._until_next_expiry()):
                     if key.fileobj is self._listener:
                         self._accept()
-                    elif key.fileobj is not self._wake_r:
-                        self._read(cast(socket.socket, key.fileobj))
+                    elif key.fileobj is not self._wake_r and key.fileobj in self._pending:
+                        # Not pending any more: dropped earlier in this same batch (the
+                        # oldest makes room for a new one), so its event is stale.
+                        self._read_safely(key.fileobj)
                 self._expire()
         finally:
             self._close_all()
@@ -121,6 +123,14 @@ class BoundedHttpServer:
                 self._drop(next(iter(self._pending)))
             self._pending[conn] = (time.monotonic() + self._timeout_s, bytearray())
             self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read_safely(self, conn: socket.socket) -> None:
+        # One odd connection must never end the accepting thread: the probes depend on it.
+        try:
+            self._read(conn)
+        except Exception as exc:
+            _log.warning("http.read_error", extra={"fields": {"error": type(exc).__name__}})
+            self._drop(conn)
 
     def _read(self, conn: socket.socket) -> None:
         try:
@@ -153,8 +163,10 @@ class BoundedHttpServer:
             self._drop(conn)
 
     def _drop(self, conn: socket.socket) -> None:
-        self._selector.unregister(conn)
-        del self._pending[conn]
+        if self._pending.pop(conn, None) is None:
+            return  # dropped already
+        with contextlib.suppress(KeyError, ValueError):  # ValueError: its fd is gone
+            self._selector.unregister(conn)
         conn.close()
 
     def _close_all(self) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import selectors
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from http import HTTPStatus
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.httpserver import BoundedHttpServer
 from bridge.observability import EventLog, HttpEndpoint, Metrics, State, configure_logging
 from bridge.secrets import Secrets
 
@@ -249,3 +252,25 @@ def test_a_request_must_arrive_within_the_timeout(drip: bool) -> None:
     finally:
         ep.stop()
     assert closed_after is not None and 0.4 <= closed_after < 2.0, closed_after
+
+
+def test_a_connection_dropped_twice_or_read_after_close_cannot_end_the_acceptor() -> None:
+    """A pending connection dropped earlier in the same select batch (to make room for a new
+    one) and then read again is ignored; the acceptor thread keeps serving."""
+    server = BoundedHttpServer("127.0.0.1", 0, lambda path: (HTTPStatus.OK, b"ok", "text/plain"))
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    conn, _ = server._listener.accept()
+    conn.setblocking(False)
+    server._pending[conn] = (time.monotonic() + 5, bytearray())
+    server._selector.register(conn, selectors.EVENT_READ)
+    server._drop(conn)
+    server._drop(conn)  # once more: already gone, no error
+    server._read_safely(conn)  # a stale event for a closed socket: no error
+    assert conn not in server._pending
+    client.close()
+    server.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=5) as answer:
+            assert answer.status == 200
+    finally:
+        server.stop()

@@ -98,11 +98,10 @@ def test_oauth_scenario_prints_no_secret_and_no_token(kafka_bootstrap: str, tmp_
             v = wait_for_all(kafka_bootstrap, topic, sim.emitted_hit_ids, timeout=120)
             assert (v.lost, v.duplicated) == ([], []), v.line()
             answers += scrape(bridge).values()
-            code = bridge.wait(30)  # a refused static token is a configuration error
         finally:
-            bridge.stop()
+            code = bridge.stop()
         tokens = sim.issued_tokens()
-    assert code == 3, bridge.logs()[-2000:]
+    assert code == 0
     assert len(tokens) >= 2, "the scenario must have fetched more than one token"
     printed = bridge.logs().encode()
     # The paths that handle credentials really ran (and printed their lines).

@@ -4,9 +4,12 @@ Exit codes (also in the README):
     0  stopped cleanly
     1  unexpected error (a bug, or an unexpected Kafka failure)
     2  configuration error: bad setting, Kafka refused credentials, topic missing
-    3  Live Stream refused us for good: 400/405/406/505, persistent 404, IMS refused credentials
+    3  Live Stream refused us for good: 400/403/405/406/505, persistent 404, IMS refused
+       credentials (424, stream not enabled for the latest API version, is retried instead)
     4  election backend unusable
   130  interrupted twice
+
+``health`` and ``status`` exit 0 when the local replica answered (healthy), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import os
 import signal
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any, TypeGuard
 
 from bridge import __version__
 from bridge.config import INSECURE_HTTP_VAR, Settings, cleartext_urls, load_settings, masked
@@ -63,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="exit 0 when the local bridge is healthy")
     health.add_argument("--url", default=None, help="default: http://127.0.0.1:$BRIDGE_HTTP__PORT")
     health.set_defaults(handler=_health)
+    status = sub.add_parser("status", help="print the local bridge's /status as a table")
+    status.add_argument("--url", default=None, help="default: http://127.0.0.1:$BRIDGE_HTTP__PORT")
+    status.set_defaults(handler=_status)
     simulate = sub.add_parser("simulate", help="run the Live Stream simulator")
     from bridge import simulator
 
@@ -188,15 +196,125 @@ def _text(value: str | bytes | None) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
+def _local_url(path: str) -> str:
+    return f"http://127.0.0.1:{os.environ.get('BRIDGE_HTTP__PORT', '8080')}{path}"
+
+
 def _health(args: argparse.Namespace) -> int:
-    port = os.environ.get("BRIDGE_HTTP__PORT", "8080")
-    url = args.url or f"http://127.0.0.1:{port}/healthz"
+    url = args.url or _local_url("/healthz")
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - local probe URL
             return EXIT_OK if answer.status == 200 else EXIT_ERROR
     except OSError as exc:
         print(f"health: {url}: {exc}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.url or _local_url("/status")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - local probe URL
+            doc = json.loads(answer.read())
+    except (OSError, ValueError) as exc:  # HTTPError (a non-2xx answer) is an OSError
+        print(f"status: {url}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if not isinstance(doc, dict):
+        print(f"status: {url}: not a JSON object", file=sys.stderr)
+        return EXIT_ERROR
+    print(status_table(doc, time.time()))
+    return EXIT_OK
+
+
+# /status keys with a row of their own below; every other key is printed as it comes, so
+# what a newer replica adds to /status shows without a change here.
+_SHOWN = frozenset(
+    {
+        "identity",
+        "role",
+        "role_since",
+        "seconds_in_role",
+        "leader",
+        "slot",
+        "term",
+        "upstream",
+        "last_record_at",
+        "freshness",
+        "newest_committed_hit_at",
+        "newest_committed_hit_age_s",
+        "ready",
+        "stale_loops",
+        "version",
+    }
+)
+
+
+def status_table(doc: dict[str, Any], now: float) -> str:
+    """A replica's /status as ``label  value`` lines: role, slot, upstream state, last
+    record age, freshness, then whatever else it holds, tables (counters first) last."""
+    role = _plain(doc.get("role"))
+    if _is_number(doc.get("seconds_in_role")):
+        role += f" (for {_duration(doc['seconds_in_role'])})"
+    rows = [("replica", _plain(doc.get("identity"))), ("role", role)]
+    rows.append(("leader", _plain(doc.get("leader"))))
+    rows += [(key, _plain(doc[key])) for key in ("slot", "term") if key in doc]
+    rows.append(("upstream", _plain(doc.get("upstream"))))
+    rows.append(("last record", _ago(doc.get("last_record_at"), now)))
+    rows.append(("freshness", _freshness(doc, now)))
+    rows.append(("ready", _plain(doc.get("ready"))))
+    rows.append(("stale loops", _plain(doc.get("stale_loops") or ["none"])))
+    rows.append(("version", _plain(doc.get("version"))))
+    others = sorted((k, v) for k, v in doc.items() if k not in _SHOWN or isinstance(v, dict))
+    rows += [(k.replace("_", " "), _plain(v)) for k, v in others if not isinstance(v, dict)]
+    tables = [(k, v) for k, v in others if isinstance(v, dict)]
+    tables.sort(key=lambda kv: kv[0] != "counters")
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{label:<{width}}  {value}" for label, value in rows]
+    for title, table in tables:
+        lines.append(f"{title.replace('_', ' ')}:")
+        inner = max((len(str(k)) for k in table), default=0)
+        lines += [f"  {k!s:<{inner}}  {_plain(v)}" for k, v in table.items()]
+    return "\n".join(lines)
+
+
+def _freshness(doc: dict[str, Any], now: float) -> str:
+    """The newest committed hit's age, from whichever form /status gives it in."""
+    age = doc.get("newest_committed_hit_age_s")
+    if not _is_number(age) and _is_number(doc.get("newest_committed_hit_at")):
+        age = now - doc["newest_committed_hit_at"]
+    if _is_number(age):
+        return f"newest committed hit {_duration(age)} old"
+    freshness = doc.get("freshness")
+    return "-" if isinstance(freshness, dict) else _plain(freshness)
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _ago(stamp: object, now: float) -> str:
+    if not _is_number(stamp):
+        return "never"
+    return f"{_duration(max(0.0, now - stamp))} ago"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}" if value == int(value) else f"{value:.3f}".rstrip("0")
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value) or "-"
+    return str(value)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ class LivestreamSettings(_Section):
 
     url: str = Field(description="Live Stream endpoint URL from Adobe (required)")
     max_connections: int = Field(1, ge=1, le=8, description="maxConnections sent to Adobe")
-    reset: Literal["smallest", "largest"] | None = Field(
+    # Adobe's pages spell it both ways; the value is sent as written, never translated.
+    reset: Literal["smallest", "largest", "earliest", "latest"] | None = Field(
         None, description="reset query parameter on (re)connect"
     )
     smoothing: bool = Field(False, description="ask Adobe for server-side smoothing")

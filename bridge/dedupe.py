@@ -250,6 +250,7 @@ class HitIdWindow:
         self._tag = 1
         self._in_epoch = 0
         self._live: deque[tuple[int, int]] = deque()  # (tag, count) of finished live epochs
+        self._live_ids = 0  # the sum of those counts, so len() never walks the deque
         self._stashed_total = 0
 
     @property
@@ -262,8 +263,12 @@ class HitIdWindow:
         return self.slots * 17 + self._nb
 
     def __len__(self) -> int:
-        """How many ids are currently guaranteed to be remembered."""
-        return self._in_epoch + sum(count for _, count in self._live)
+        """How many ids are currently guaranteed to be remembered.
+
+        Safe to call from another thread (a metrics scrape): two plain reads, where
+        iterating the deque while the owner rotates an epoch would raise.
+        """
+        return self._in_epoch + self._live_ids
 
     def stats(self) -> dict[str, int]:
         return {
@@ -354,11 +359,13 @@ class HitIdWindow:
     def _rotate(self) -> None:
         """Close the current epoch; free the slots of the one that falls out of the window."""
         self._live.append((self._tag, self._in_epoch))
+        self._live_ids += self._in_epoch
         self._in_epoch = 0
         self._tag = self._tag % 255 + 1
         if len(self._live) <= self._epochs:
             return
-        old, _ = self._live.popleft()
+        old, dropped = self._live.popleft()
+        self._live_ids -= dropped
         table = bytearray(range(256))
         table[old] = 0
         tags = self._tags = self._tags.translate(table)

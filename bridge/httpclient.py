@@ -26,6 +26,7 @@ import threading
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote_plus, urlencode
 
 import httpcore
 import httpx
@@ -48,6 +49,7 @@ __all__ = [
     "shutdown",
     "socket_of",
     "token_client",
+    "with_params",
 ]
 
 log = EventLog("bridge.livestream")
@@ -81,6 +83,20 @@ def redirect_allowed(target: httpx.URL, origin: httpx.URL, hosts: Sequence[str])
         elif host == pattern:
             return True
     return False
+
+
+def with_params(url: httpx.URL, params: Mapping[str, str]) -> httpx.URL:
+    """``url`` with ``params`` set in its query. The URL's own parameters stay as written,
+    in order (Adobe's ``?beta=true``, a redirect's own query), except those we set, which
+    ours replace: httpx's ``params=`` would drop the URL's whole query instead."""
+    kept = [
+        piece
+        for piece in url.query.decode("ascii").split("&")
+        if piece and unquote_plus(piece.partition("=")[0]) not in params
+    ]
+    if params:
+        kept.append(urlencode(params))
+    return url.copy_with(query="&".join(kept).encode("ascii"))
 
 
 def error_description(response: httpx.Response) -> str:
@@ -313,7 +329,7 @@ class UpstreamHttp:
         every header and ``params``; raises ``RedirectRefused`` for any other redirect."""
         origin = target = httpx.URL(url)
         for hop in range(MAX_REDIRECTS + 1):
-            request = self.client.build_request("GET", target, params=params, headers=headers)
+            request = self.client.build_request("GET", with_params(target, params), headers=headers)
             response = self.client.send(request, stream=True, follow_redirects=False)
             if response.status_code not in REDIRECT_STATUSES:
                 return response
@@ -321,7 +337,7 @@ class UpstreamHttp:
             response.close()
             if not location:
                 raise RedirectRefused(f"{response.status_code} without Location")
-            # build_request merges our parameters into whatever query Location carries.
+            # Location's own query is kept; ours is merged into it at the next hop.
             target = request.url.join(location)
             if not redirect_allowed(target, origin, self._hosts):
                 # Only the host: the rest of Location could carry anything, our token too.

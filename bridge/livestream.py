@@ -36,8 +36,8 @@ from bridge.httpclient import (
     shutdown,
     socket_of,
 )
-from bridge.observability import EventLog, Metrics
-from bridge.reconnect import ReconnectPolicy, StatusRules
+from bridge.observability import OPERATOR_STATUSES, EventLog, Metrics
+from bridge.reconnect import AnswerReport, ReconnectPolicy, StatusRules
 from bridge.secrets import Secrets
 
 __all__ = [
@@ -105,6 +105,7 @@ class Upstream:
         self._http = UpstreamHttp(settings)
         self._policy = ReconnectPolicy(settings.reconnect_grace_s, settings.backoff_cap_s, rng)
         self._rules = StatusRules(renewable_token=tokens.renewable)
+        self._answers = AnswerReport(metrics, settings.url)
         self._sleep = sleep_event
         self._lock = threading.Lock()
         self._state = "idle"
@@ -115,12 +116,19 @@ class Upstream:
         self._forced = False  # the linger ran out: the close was abortive, not clean
         self._linger: threading.Timer | None = None
         self._closed_at: float | None = None  # monotonic end of the last connection
+        self._waiting_as = "waiting_grace"  # the metric's state for the next wait
+        self._reported = "standby"
         self.last_close_clean = False
 
     @property
     def state(self) -> str:
         """``idle``, ``waiting``, ``connecting`` or ``streaming``."""
         return self._state
+
+    @property
+    def reported_state(self) -> str:
+        """The state ``livestream_bridge_upstream_state`` shows (``UPSTREAM_STATES``)."""
+        return self._reported
 
     @property
     def connection_id(self) -> int:
@@ -147,6 +155,7 @@ class Upstream:
             target=self._watch_stop, args=(stop, done), name="upstream-stop", daemon=True
         )
         watcher.start()
+        self._waiting_as = "waiting_grace"
         try:
             delay = first_delay
             if self._closed_at is not None:
@@ -161,6 +170,11 @@ class Upstream:
                 if not self._await_ready(sink, stop):
                     break
                 delay = self._attempt(sink, stop)
+        except (FatalUpstreamError, AuthError):
+            self._report("refused")
+            raise
+        else:
+            self._report("standby")  # told to stop: leadership lost, or shutting down
         finally:
             done.set()
             self._state = "idle"
@@ -217,9 +231,15 @@ class Upstream:
                 self.disconnect("stop")
                 return
 
+    def _report(self, state: str, backoff_s: float = 0.0) -> None:
+        self._reported = state
+        self._metrics.set_upstream_state(state)
+        self._metrics.upstream_backoff.set(backoff_s)
+
     def _wait(self, stop: threading.Event, delay: float) -> bool:
         """Wait ``delay`` seconds; True if ``stop`` was set meanwhile."""
         self._state = "waiting"
+        self._report(self._waiting_as, delay)
         deadline = time.monotonic() + delay
         while (remaining := deadline - time.monotonic()) > 0:
             if stop.wait(remaining if self._sleep is None else min(remaining, _POLL_S)):
@@ -239,6 +259,7 @@ class Upstream:
                 return True
             if not told:
                 log.info("upstream.sink_not_ready")
+                self._report("waiting_kafka")
                 told = True
             stop.wait(max(0.0, _READY_POLL_S - (time.monotonic() - started)))
         return False
@@ -255,6 +276,7 @@ class Upstream:
         if stop.is_set():  # set before the arm: the watcher's cancel may have been undone
             return 0.0
         self._state = "connecting"
+        self._report("connecting")
         try:
             token = self._tokens.token()  # AuthError propagates: fatal
         except UpstreamLost as exc:
@@ -289,6 +311,7 @@ class Upstream:
         # The request may have reached Adobe (and been admitted): count it as a drop, so
         # the grace applies, and never call it a clean close.
         delay = self._policy.after_drop()
+        self._waiting_as = "waiting_grace"
         self._closed_at = time.monotonic()
         self.last_close_clean = False
         self._metrics.attempt("cancelled", status)
@@ -311,10 +334,12 @@ class Upstream:
         if sock is None:
             log.warning("upstream.no_socket", hint="disconnect() acts at the next chunk only")
         self._rules.connected()
+        self._answers.opened()
         self._metrics.attempt("connected", 200)
         self._metrics.upstream_connected.set(1)
         _log_attempt(log.info, cid, 200, "connected", None)
         self._state = "streaming"
+        self._report("streaming")
         started, nbytes, reason = time.monotonic(), 0, "error"  # "error": the sink raised
         try:
             sink.opened(cid)
@@ -339,6 +364,7 @@ class Upstream:
         if nbytes:
             self._policy.reset()
         delay = self._policy.after_drop()
+        self._waiting_as = "waiting_grace"
         (log.info if clean else log.warning)(
             "upstream.closed",
             connection_id=cid,
@@ -393,21 +419,13 @@ class Upstream:
         status = response.status_code
         description = self._scrub(error_description(response))[:_DESCRIPTION_LIMIT]
         verdict = self._rules.judge(status)
+        self._answers.refused(status, description, unexpected=verdict.unexpected)
         if status == 401:
             self._tokens.invalidate()
         if verdict.action == "fatal":
             self._fatal(cid, status, description, verdict.why)
         if verdict.action == "auth":
             self._fatal(cid, status, description, verdict.why, AuthError)
-        if verdict.unexpected:
-            label = str(status) if 100 <= status <= 599 else "other"
-            self._metrics.unexpected_statuses.labels(status=label).inc()
-            log.warning(
-                "upstream.unexpected_status",
-                status=status,
-                error_description=description,
-                hint="Live Stream does not document this status; retrying with backoff",
-            )
         delay = self._policy.after_drop() if verdict.action == "grace" else None
         return self._retry(cid, status, "retry", delay, error_description=description)
 
@@ -417,6 +435,10 @@ class Upstream:
         if delay is None:
             delay = self._policy.after_refusal()
             kw["refusals"] = self._policy.refusals
+            needs_operator = str(status) in OPERATOR_STATUSES
+            self._waiting_as = "refused" if needs_operator else "backing_off"
+        else:
+            self._waiting_as = "waiting_grace"
         self._metrics.attempt(outcome, status)
         _log_attempt(log.warning, cid, status, outcome, round(delay, 3), **kw)
         return delay

@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge import __version__
+from bridge.freshness import CommittedHits
 from bridge.httpserver import BoundedHttpServer
 from bridge.secrets import Secrets
 
@@ -42,6 +50,19 @@ ATTEMPT_STATUSES = (
     "429",
 )
 ATTEMPT_STATUSES_5XX = ("500", "502", "503", "504", "505", "other")
+# What the upstream loop is doing; exactly one is 1 (see Metrics.set_upstream_state).
+UPSTREAM_STATES = (
+    "standby",
+    "connecting",
+    "streaming",
+    "waiting_grace",
+    "backing_off",
+    "refused",
+    "waiting_kafka",
+)
+REFUSAL_STATUSES = ("409", "503", "500", "401", "404", "424", "403", "429")
+# Answers only an operator can fix (a setting, an entitlement, Adobe enabling the stream).
+OPERATOR_STATUSES = ("400", "403", "404", "405", "406", "424", "505")
 
 
 class Metrics:
@@ -84,12 +105,10 @@ class Metrics:
             "Unix time the last record was read",
             registry=r,
         )
-        self.hit_freshness = Histogram(
-            f"{PREFIX}_hit_freshness_seconds",
-            "Read time minus the hit's receivedTimeGMT",
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=r,
-        )
+        # hit_freshness_seconds and the newest committed hit: observed at commit, see
+        # bridge.freshness; the publisher feeds it, a scrape reads it.
+        self.committed_hits = CommittedHits(PREFIX)
+        r.register(self.committed_hits)
         self.publish_latency = Histogram(
             f"{PREFIX}_publish_latency_seconds",
             "Read time to delivery report",
@@ -98,6 +117,39 @@ class Metrics:
         )
         self.producer_queue = Gauge(
             f"{PREFIX}_producer_queue_messages", "Messages waiting in the producer", registry=r
+        )
+        self.transaction_commit = Histogram(
+            f"{PREFIX}_transaction_commit_seconds",
+            "Duration of each commit_transaction call, whether it committed or failed",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        # The gauges below are read at scrape time from whoever owns the value
+        # (set_function): the pump never pays for them.
+        self.reader_queue_bytes = Gauge(
+            f"{PREFIX}_reader_queue_bytes",
+            "Compressed bytes read from Live Stream and waiting for the pump",
+            registry=r,
+        )
+        self.dedupe_window_ids = Gauge(
+            f"{PREFIX}_dedupe_window_ids",
+            "Hit ids the dedupe window holds (0 while standby)",
+            registry=r,
+        )
+        self.dedupe_window_capacity = Gauge(
+            f"{PREFIX}_dedupe_window_capacity_ids",
+            "Hit ids the dedupe window is sized for (0: dedupe off)",
+            registry=r,
+        )
+        self.kafka_unreachable = Gauge(
+            f"{PREFIX}_kafka_unreachable_seconds",
+            "How long Kafka has not taken data this replica gave it (0 while it does)",
+            registry=r,
+        )
+        self.election_term = Gauge(
+            f"{PREFIX}_election_term",
+            "Number of the election term this replica leads (0 while standby)",
+            registry=r,
         )
         self.leader = Gauge(f"{PREFIX}_leader", "1 while this replica leads", registry=r)
         self.leadership_transitions = Counter(
@@ -115,10 +167,34 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.upstream_state = Gauge(
+            f"{PREFIX}_upstream_state",
+            "1 for the upstream loop's current state, 0 for the others",
+            ["state"],
+            registry=r,
+        )
+        self.upstream_backoff = Gauge(
+            f"{PREFIX}_upstream_backoff_seconds",
+            "Delay chosen before the next connection attempt (0 while connecting or streaming)",
+            registry=r,
+        )
+        self.upstream_refusals = Counter(
+            f"{PREFIX}_upstream_refusals",
+            "Connection attempts Live Stream refused, by status",
+            ["status"],
+            registry=r,
+        )
+        self.upstream_fatal_status = Gauge(
+            f"{PREFIX}_upstream_fatal_status",
+            "1 while Live Stream's last answer was this status, which needs an operator",
+            ["status"],
+            registry=r,
+        )
         self.build_info = Gauge(
             f"{PREFIX}_build_info", "Build information", ["version"], registry=r
         )
         self.build_info.labels(version=__version__).set(1)
+        ProcessCollector(registry=r)  # process_* (RSS, CPU, open fds) of this process
         self._preinit()
 
     def _preinit(self) -> None:
@@ -133,6 +209,11 @@ class Metrics:
             self.transactions.labels(result=result)
         for outcome in ("ok", "error"):
             self.token_refreshes.labels(outcome=outcome)
+        self.set_upstream_state("standby")
+        for status in REFUSAL_STATUSES:
+            self.upstream_refusals.labels(status=status)
+        for status in OPERATOR_STATUSES:
+            self.upstream_fatal_status.labels(status=status)
 
     def attempt(self, outcome: str, status: int | None) -> None:
         """Count one connection attempt; unknown statuses fold into bounded labels."""
@@ -140,6 +221,16 @@ class Metrics:
         if label not in ATTEMPT_STATUSES and label not in ATTEMPT_STATUSES_5XX:
             label = "other"
         self.connection_attempts.labels(outcome=outcome, status=label).inc()
+
+    def set_upstream_state(self, state: str) -> None:
+        """Make ``state`` (one of ``UPSTREAM_STATES``) the one upstream state at 1."""
+        if state not in UPSTREAM_STATES:
+            raise ValueError(f"unknown upstream state {state!r}")
+        # The others first: a scrape in between may see no state, never two.
+        for name in UPSTREAM_STATES:
+            if name != state:
+                self.upstream_state.labels(state=name).set(0)
+        self.upstream_state.labels(state=state).set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -157,6 +248,7 @@ class State:
     last_record_at: float | None = None
     ready: bool = False
     counters: Callable[[], dict[str, float]] | None = None
+    details: Callable[[], dict[str, Any]] | None = None  # more top-level keys (term, freshness)
     _beats: dict[str, tuple[float, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -194,6 +286,8 @@ class State:
                 "version": __version__,
             }
         out["stale_loops"] = self.stale_loops()
+        if self.details is not None:
+            out.update(self.details())
         out["counters"] = self.counters() if self.counters else {}
         return out
 

@@ -11,7 +11,6 @@ transactions themselves, kept messages, replays after an abort and outage handli
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,7 +35,7 @@ log = EventLog("bridge.publish")
 # default 300 s (3M ids) takes 45-70 s. A read that stalls ends sooner (tail.STALL_S).
 SEED_TIMEOUT_S = 300.0
 DLQ_HEAD_BYTES = 64 * 1024  # how much of an oversized record the dead-letter topic keeps
-SAMPLE_EVERY = 16  # latency and freshness are observed on every 16th record
+SAMPLE_EVERY = 16  # publish latency is observed on every 16th record
 
 _loads, _JSONError = orjson.loads, orjson.JSONDecodeError
 _U64 = (1 << 64) - 1
@@ -71,6 +70,8 @@ class Publisher(TransactionalWriter):
         }
         self.resume_at = 0  # see publish_many
         self._retry_id: tuple[int, int] | None = None  # see _send_hit
+        metrics.dedupe_window_capacity.set(max(0, publish.dedupe_window))
+        metrics.dedupe_window_ids.set_function(self._window_ids)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -87,7 +88,11 @@ class Publisher(TransactionalWriter):
         limit = topic_message_limit(self._kafka, self._topic)
         if limit is not None:  # leave room for the batch and record framing
             self._max_bytes = max(1000, min(MESSAGE_MAX_BYTES, limit - 512))
-        self._new_producer(deadline=time.monotonic() + max(30.0, self._cfg.kafka_outage_s))
+        try:
+            self._new_producer(deadline=time.monotonic() + max(30.0, self._cfg.kafka_outage_s))
+        except PublishError:
+            self._trouble()  # a leader that cannot start a writer: Kafka takes no data
+            raise
         self._seed()
         self._open()
 
@@ -145,7 +150,7 @@ class Publisher(TransactionalWriter):
         # rules inlined for the forms Live Stream sends (the general helpers in
         # bridge.dedupe handle the rest identically), one produce. Nothing else is
         # allocated per record.
-        window, kept, topic = self._window, self._kept, self._topic
+        window, kept, topic, stamps = self._window, self._kept, self._topic, self._txn_stamps
         visitor_key, default_suite = self._visitor_key, self._suite
         last, stamp = self._ms_for
         if received_at != last:
@@ -236,13 +241,13 @@ class Publisher(TransactionalWriter):
                 else:
                     kept.append((topic, record, key, tuple(headers), None))
                     self._txn_bytes += len(record)
+                    stamps.append(get("receivedTimeGMT") or get("timeGMT"))
             else:
                 sampled = None if seq % SAMPLE_EVERY else received_at
-                if sampled is not None:
-                    self._observe_freshness(get("receivedTimeGMT"), received_at)
-                self._send_hit(
+                if self._send_hit(
                     topic, record, key, headers, high=n_high, low=n_low, sampled_at=sampled
-                )
+                ):
+                    stamps.append(get("receivedTimeGMT") or get("timeGMT"))
             if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
                 self.resume_at = i + 1  # taken: if the commit fails, it must not come again
                 self.commit()
@@ -258,8 +263,9 @@ class Publisher(TransactionalWriter):
         high: int,
         low: int,
         sampled_at: float | None = None,
-    ) -> None:
-        """``_send`` for a hit whose id (if any, ``high`` >= 0) is already in the window.
+    ) -> bool:
+        """``_send`` for a hit whose id (if any, ``high`` >= 0) is already in the window;
+        True when it went as a hit, False when it was dead-lettered as too large.
 
         If Kafka does not take the hit, the id is remembered: the caller offers the same
         record again after the outage, and that must not count as a replay (a loss).
@@ -273,6 +279,7 @@ class Publisher(TransactionalWriter):
         if not taken:  # too large for the topic: a dead letter instead of a hit
             self._txn_hits -= 1
             self._dead_letter(record, "oversized", headers[-1][1], len(record))
+        return taken
 
     def _received_ms(self, received_at: float) -> str:
         # The pump stamps every record of a chunk with one time: format it once.
@@ -281,10 +288,6 @@ class Publisher(TransactionalWriter):
             stamp = ("received-at", str(int(received_at * 1000)))
             self._ms_for = (received_at, stamp)
         return stamp[1]
-
-    def _observe_freshness(self, sent: object, received_at: float) -> None:
-        with contextlib.suppress(TypeError, ValueError):
-            self._metrics.hit_freshness.observe(max(0.0, received_at - float(sent)))  # type: ignore[arg-type]
 
     def _dead_letter(
         self, record: bytes, reason: str, received_at: float | str, size: int | None = None
@@ -312,12 +315,16 @@ class Publisher(TransactionalWriter):
         super().close(timeout)
         self._drop_window()
 
+    def _window_ids(self) -> float:
+        window = self._window  # read from the HTTP thread: one read, then a local
+        return float(len(window)) if window is not None else 0.0
+
     @property
     def counters(self) -> dict[str, float]:
         out: dict[str, float] = {k: float(v) for k, v in self._n.items()}
         out["open_transaction_records"] = float(len(self._kept))
-        producer, window = self._producer, self._window  # read from the HTTP thread
+        producer = self._producer  # read from the HTTP thread
         out["producer_queue"] = float(len(producer)) if producer is not None else 0.0
-        out["dedupe_window_ids"] = float(len(window)) if window is not None else 0.0
+        out["dedupe_window_ids"] = self._window_ids()
         out["unreachable_for_s"] = round(self.unreachable_for(), 3)
         return out

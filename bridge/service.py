@@ -19,6 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -84,6 +85,11 @@ class _ChunkQueue:
             self._bytes += len(item.data)
             self._cond.notify_all()
         return True
+
+    @property
+    def bytes(self) -> int:
+        """Compressed bytes queued (one read of an int: no lock needed for a gauge)."""
+        return self._bytes
 
     def get(self, timeout: float) -> _Item | None:
         with self._cond:
@@ -205,6 +211,23 @@ class Bridge:
         self._ready_cache: tuple[float, bool] = (0.0, False)
         self._queue: _ChunkQueue | None = None
         self._halt: threading.Event | None = None
+        self._term: Term | None = None
+        self.metrics.reader_queue_bytes.set_function(self._queued_bytes)
+        self.state.details = self._details
+
+    def _queued_bytes(self) -> float:
+        queue = self._queue
+        return float(queue.bytes) if queue is not None else 0.0
+
+    def _details(self) -> dict[str, Any]:
+        """What /status adds to State's own keys (read from the HTTP thread)."""
+        term, newest = self._term, self.metrics.committed_hits.newest
+        out: dict[str, Any] = {"reader_queue_bytes": int(self._queued_bytes())}
+        if term is not None:
+            out["term"] = term.number
+        if newest is not None:
+            out["newest_committed_hit_at"] = newest
+        return out
 
     def _ready(self) -> bool:
         # Ready means "can do its job if elected": settings loaded and Kafka answering. Tying
@@ -224,7 +247,7 @@ class Bridge:
             self.state.ready = True
             self.election.start()
             while not stop.is_set():
-                self.state.upstream = "standby"
+                self._standby()
                 term = self.election.wait_for_leadership(stop)
                 if term is None:
                     break
@@ -238,6 +261,7 @@ class Bridge:
 
     def _lead(self, term: Term, stop: threading.Event) -> None:
         halt = self._halt = threading.Event()
+        self._term = term
         watcher = threading.Thread(
             target=_halt_when, args=(halt, stop, term.lost), name="halt-watch", daemon=True
         )
@@ -253,6 +277,8 @@ class Bridge:
             raise
         if not begun:
             halt.set()
+            self.publisher.abort()  # nothing to abandon; this replica stops writing
+            self._term = None
             return
         grace = term.grace_s(self.settings.livestream.reconnect_grace_s)
         first_delay = max(0.0, grace - (time.monotonic() - elected_at))
@@ -293,9 +319,14 @@ class Bridge:
             self.election.release(clean=self.upstream.last_close_clean)
         elif fenced and not term.lost.is_set():
             self._yield_term(term)
-        self.state.upstream = "standby"
+        self._queue = self._term = None  # what a deposed term left queued is dropped
+        self._standby()
         if failure:
             raise failure[0]
+
+    def _standby(self) -> None:
+        self.state.upstream = "standby"
+        self.metrics.set_upstream_state("standby")
 
     def _yield_term(self, term: Term) -> None:
         """Kafka says another writer owns the topic while our election still says we lead

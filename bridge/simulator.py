@@ -1,11 +1,14 @@
 """A loopback Adobe Analytics Live Stream (HTTP/1.1 over raw sockets) to test the bridge with.
 
 Endpoints: ``POST /ims/token/v3`` (client-credentials tokens that really expire),
-``GET /api/1/stream/<name>`` (one endless chunked, gzip-encoded body of CRLF-separated JSON
-records), and a JSON control plane: ``GET /admin/state``, ``POST /admin/mode``
-(``{"mode": ..., **kw}``), ``POST /admin/drop`` (``{"mid_chunk": bool}``) and
-``POST /admin/expire-tokens``. A stream request is checked in the contract's order: 505,
-405, 302 (main port, when redirecting), 404, 401, 406, 400, fault status, 409, then 200.
+``GET /api/1/stream/<name>`` and ``GET /api/2/stream/<name>`` (the 2026 API version's path;
+``?beta=true`` is accepted too; one endless chunked, gzip-encoded body of CRLF-separated
+JSON records), ``GET /api/2/enable/<name>`` (enables the stream for the latest API version,
+ending the ``not_enabled`` mode), and a JSON control plane: ``GET /admin/state``,
+``POST /admin/mode`` (``{"mode": ..., **kw}``), ``POST /admin/drop``
+(``{"mid_chunk": bool}``) and ``POST /admin/expire-tokens``. A stream request is checked in
+the contract's order: 505, 405, 302 (main port, when redirecting), 404, 401, 406, 400, the
+fault status (or 424 not enabled, or 503 migrating), 409, then 200.
 
 The stream is one sequence of records (seq 0, 1, ...) produced at ``rate`` per second, or
 as fast as clients read when ``rate`` is 0. The last ``RETAINED_RECORDS`` records are kept:
@@ -13,7 +16,8 @@ that bounds what is buffered while nobody reads, and a client further behind ski
 With ``maxConnections=m`` the client in slot k gets the records whose visitor key is k mod m.
 A record is *fully written* (and enters ``emitted_hit_ids``) once the chunk with its last
 compressed byte is accepted by the kernel. Where a new connection starts, per (m, slot):
-``reset=smallest``: the oldest retained record; ``reset=largest``: the next new one; within
+``reset=smallest`` (or ``earliest``): the oldest retained record; ``reset=largest`` (or
+``latest``): the next new one; within
 ``resume_window_s`` of the slot's last disconnect: the first record not fully written to the
 old connection, after re-sending the last ``replay_on_resume`` that were (duplicates); after
 that window: the next new record, so everything produced in between is lost; a slot never
@@ -54,16 +58,30 @@ from urllib.parse import parse_qs
 import orjson
 
 from bridge.hits import BATCH, EMPTY_BLOCK, RETAINED_RECORDS, Corpus, RecordLog, StreamEncoder
+from bridge.simwire import (
+    RESET_NEWEST,
+    RESET_OLDEST,
+    Ended,
+    Request,
+    check_peer,
+    chunk,
+    codings,
+    read_request,
+    stream_name,
+    stream_params,
+)
 
 __all__ = ["RETAINED_RECORDS", "Simulator", "SimulatorConfig", "add_arguments", "run"]
 
 WRITE_TIMEOUT_S = 60.0
 STREAM_PREFIX = "/api/1/stream/"
+ENABLE_PREFIX = "/api/2/enable/"
 TOKEN_PATH = "/ims/token/v3"  # noqa: S105 - a URL path, not a secret
 _POLL_S = 0.05
 _IDLE_S = 30.0
-_MAX_HEAD = 65536
-_LASTING = ("normal", "status", "stall", "pause", "token_down")
+_LASTING = ("normal", "status", "stall", "pause", "token_down", "not_enabled", "migrating")
+NOT_ENABLED_WHY = "this stream is not enabled for the latest API version"
+MIGRATING_WHY = "stream is migrating, try again"
 _MODES = frozenset({*_LASTING, "garbage", "truncate", "big_record"})
 
 
@@ -115,20 +133,6 @@ class _Stream:
         self.committed = self.pos  # resume point: first seq of its share not fully written
 
 
-class _Request(typing.NamedTuple):
-    method: str  # empty for a request that could not be parsed
-    target: str
-    version: str
-    headers: dict[str, str]
-    body: bytes
-
-
-class _Ended(Exception):
-    def __init__(self, reason: str, *, ghost: bool = False) -> None:
-        super().__init__(reason)
-        self.reason, self.ghost = reason, ghost
-
-
 class Simulator:
     """The server; every public method is thread-safe and may be called while it runs."""
 
@@ -161,7 +165,7 @@ class Simulator:
         self._ghosts: list[tuple[int, int, float]] = []  # (maxConnections, slot, expiry)
         self._resume: dict[tuple[int, int], tuple[int, float, list[int]]] = {}  # seq, at, recent
         self._tokens: dict[str, float] = {}
-        self._token_requests = self._max_live = 0
+        self._token_requests = self._max_live = self._enable_requests = 0
 
     def start(self) -> None:
         if self._listeners:
@@ -227,7 +231,9 @@ class Simulator:
 
     def set_mode(self, mode: str, **kw: Any) -> None:
         """status (``code=``), stall, pause (no new hits are produced; streams still send
-        what was) and token_down last until the next call; garbage and truncate hit every
+        what was), token_down, not_enabled (new streams get 424 until someone calls
+        ``/api/2/enable/<name>``) and migrating (503 "stream is migrating, try again") last
+        until the next call; garbage and truncate hit every
         live stream once (or the next one, if none is live); big_record (``size=``) pads
         the next new hit sent. Those three leave the mode "normal"."""
         if mode not in _MODES:
@@ -311,6 +317,7 @@ class Simulator:
                 "live_connections": len(self._streams),
                 "max_concurrent": self._max_live,
                 "token_requests": self._token_requests,
+                "enable_requests": self._enable_requests,
                 "mode": self._mode,
                 "produced": self._log.next_seq,
                 "ghosts": sum(g[2] > now for g in self._ghosts),
@@ -350,7 +357,7 @@ class Simulator:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buf = b""
             while not self._stopping.is_set():
-                req, buf = _read_request(sock, buf)
+                req, buf = read_request(sock, buf)
                 if req is None or not self._dispatch(sock, client, second, req):
                     break
                 if req.headers.get("connection", "").lower() == "close":
@@ -373,44 +380,54 @@ class Simulator:
         return not close
 
     def _refuse(
-        self, sock: socket.socket, client: str, t0: float, code: int, why: str, **headers: str
+        self,
+        sock: socket.socket,
+        client: str,
+        t0: float,
+        code: int,
+        why: str,
+        *,
+        target: str,
+        **headers: str,
     ) -> bool:
         with self._cond:
             self._attempts.append(
                 {"t": t0, "status": code, "duration_s": round(time.time() - t0, 6)}
-                | {"records_sent": 0, "client": client, "reason": why}
+                | {"records_sent": 0, "client": client, "reason": why, "target": target}
             )
         error = HTTPStatus(code).phrase.lower().replace(" ", "_")
         body = {"error": error, "error_description": why}
         return self._reply(sock, code, body, close=code == 505, **headers)
 
-    def _dispatch(self, sock: socket.socket, client: str, second: bool, req: _Request) -> bool:  # noqa: PLR0911 - a router, one return per route
+    def _dispatch(self, sock: socket.socket, client: str, second: bool, req: Request) -> bool:  # noqa: PLR0911 - a router, one return per route
         path = req.target.partition("?")[0]
         if not req.method:
             return self._reply(sock, 400, {"error": "bad_request"}, close=True)
-        if req.version != "HTTP/1.1" and not path.startswith(STREAM_PREFIX):
+        if req.version != "HTTP/1.1" and stream_name(path) is None:
             return self._reply(sock, 505, {"error": "http_version_not_supported"}, close=True)
         if path == TOKEN_PATH:
             return self._token(sock, req)
         if path.startswith("/admin/"):
             return self._admin(sock, req, path)
-        if not path.startswith(STREAM_PREFIX):
+        if path.startswith(ENABLE_PREFIX):
+            return self._enable(sock, req, path[len(ENABLE_PREFIX) :])
+        if stream_name(path) is None:
             return self._reply(sock, 404, {"error": "not_found"})
         t0 = time.time()
         refusal = self._check(req, second)
         if refusal is not None:
             code, why, headers = refusal
-            return self._refuse(sock, client, t0, code, why, **headers)
-        gzip = bool(_codings(req.headers.get("accept-encoding", "")) & {"gzip", "*"})
-        conns, reset = _params(req.target.partition("?")[2], 8)
+            return self._refuse(sock, client, t0, code, why, target=req.target, **headers)
+        gzip = bool(codings(req.headers.get("accept-encoding", "")) & {"gzip", "*"})
+        conns, reset = stream_params(req.target.partition("?")[2], 8)
         with self._cond:
-            admitted = self._admit(sock, client, t0, conns, reset)
+            admitted = self._admit(sock, client, t0, conns, reset, target=req.target)
         if isinstance(admitted, tuple):
-            return self._refuse(sock, client, t0, *admitted)
+            return self._refuse(sock, client, t0, *admitted, target=req.target)
         self._run_stream(admitted, gzip=gzip)
         return False
 
-    def _check(self, req: _Request, second: bool) -> tuple[int, str, dict[str, str]] | None:  # noqa: PLR0911 - one return per status, in the contract's order
+    def _check(self, req: Request, second: bool) -> tuple[int, str, dict[str, str]] | None:  # noqa: PLR0911 - one return per status, in the contract's order
         """The refusal, if any, that needs no lock: 505, 405, 302, 404, 401, 406, 400."""
         cfg = self.config
         path, _, query = req.target.partition("?")
@@ -421,29 +438,36 @@ class Simulator:
         if cfg.redirect and not second and len(self._urls) > 1:
             where = self._urls[1] + req.target
             return 302, f"moved to {where}", {"Location": where}
-        if path[len(STREAM_PREFIX) :] != cfg.stream_name:
+        if stream_name(path) != cfg.stream_name:
             return 404, "no such stream, or disabled after 90 days without clients", {}
-        scheme, _, token = req.headers.get("authorization", "").partition(" ")
-        with self._cond:
-            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
-        if expiry is None or expiry <= time.monotonic():
-            why = "missing or unknown access token" if expiry is None else "access token expired"
+        if (why := self._unauthorized(req)) is not None:
             return 401, why, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-        if not _codings(req.headers.get("accept-encoding", "")) & {"gzip", "deflate", "*"}:
+        if not codings(req.headers.get("accept-encoding", "")) & {"gzip", "deflate", "*"}:
             return 406, "Accept-Encoding must allow gzip", {}
         try:
-            _params(query, min(8, cfg.max_connections_allowed))
+            stream_params(query, min(8, cfg.max_connections_allowed))
         except ValueError as exc:
             return 400, str(exc), {}
         return None
 
     def _admit(
-        self, sock: socket.socket, client: str, t0: float, conns: int, reset: str | None
+        self,
+        sock: socket.socket,
+        client: str,
+        t0: float,
+        conns: int,
+        reset: str | None,
+        *,
+        target: str,
     ) -> _Stream | tuple[int, str]:
         """A new live stream, or the refusal (fault status, 409); where it starts is the
         resume rule of the module docstring."""
         if self._mode == "status":
             return self._status, "fault injected by the simulator"
+        if self._mode == "not_enabled":
+            return 424, NOT_ENABLED_WHY
+        if self._mode == "migrating":
+            return 503, MIGRATING_WHY
         now, log = time.monotonic(), self._log
         self._ghosts = [g for g in self._ghosts if g[2] > now]
         held = [(s.conns, s.slot) for s in self._streams] + [(m, k) for m, k, _ in self._ghosts]
@@ -454,9 +478,9 @@ class Simulator:
             return 409, f"all {conns} connections in use ({ghosts} held by vanished clients)"
         slot = min(set(range(conns)) - {k for _, k in held})
         prev, recent = self._resume.get((conns, slot)), []
-        if reset == "smallest":
+        if reset in RESET_OLDEST:
             pos = log.base
-        elif reset == "largest" or (prev and now - prev[1] > self.config.resume_window_s):
+        elif reset in RESET_NEWEST or (prev and now - prev[1] > self.config.resume_window_s):
             pos = log.next_seq
         elif prev:
             pos, recent = max(prev[0], log.base), [q for q in prev[2] if q >= log.base]
@@ -464,6 +488,7 @@ class Simulator:
             pos = log.first_unsent()
         attempt: dict[str, Any] = {"t": t0, "status": 200, "duration_s": None}
         attempt |= {"records_sent": 0, "client": client, "reason": "streaming", "conns": conns}
+        attempt["target"] = target
         self._attempts.append(attempt)
         rng = random.Random(f"{self.config.seed}:{len(self._attempts)}")
         kept = deque(recent, maxlen=self.config.replay_on_resume)
@@ -482,9 +507,9 @@ class Simulator:
         head += f"\r\nContent-Encoding: {'gzip' if gzip else 'deflate'}\r\n\r\n"
         try:
             s.sock.settimeout(WRITE_TIMEOUT_S)
-            s.sock.sendall(head.encode() + _chunk(encoder.header))
+            s.sock.sendall(head.encode() + chunk(encoder.header))
             while True:
-                _check_peer(s.sock)
+                check_peer(s.sock)
                 seqs, stamps, pads, fault = self._next(s)
                 payload = encoder.encode(seqs, stamps, pads) if seqs else b""
                 if fault is not None:
@@ -496,7 +521,7 @@ class Simulator:
                         s.recent.extend(seqs)
                         s.committed = s.pos
                         s.attempt["records_sent"] += len(seqs)
-        except _Ended as end:
+        except Ended as end:
             reason, ghost = end.reason, end.ghost
         except OSError as exc:  # TimeoutError included: a client that stopped reading
             reason, ghost = f"client vanished ({type(exc).__name__})", True
@@ -508,7 +533,7 @@ class Simulator:
         when there is neither."""
         with self._cond:
             if self._stopping.is_set():
-                raise _Ended("simulator stopped")
+                raise Ended("simulator stopped")
             fault, s.fault = s.fault, None
             stalled, seqs = self._mode == "stall", []
             if not stalled:
@@ -531,11 +556,11 @@ class Simulator:
         """Write ``payload`` as one chunk, or cut at 1-2 random places when splitting."""
         if not self.config.split_records or len(payload) < 2:
             if payload:
-                s.sock.sendall(_chunk(payload))
+                s.sock.sendall(chunk(payload))
             return
         cuts = s.rng.sample(range(1, len(payload)), min(len(payload) - 1, s.rng.randint(1, 2)))
         for a, b in pairwise([0, *sorted(cuts), len(payload)]):
-            s.sock.sendall(_chunk(payload[a:b]))
+            s.sock.sendall(chunk(payload[a:b]))
 
     def _end(self, s: _Stream, reason: str, ghost: bool) -> None:
         with self._cond:
@@ -554,7 +579,7 @@ class Simulator:
 
     # -- token and admin endpoints ---------------------------------------------------------
 
-    def _token(self, sock: socket.socket, req: _Request) -> bool:
+    def _token(self, sock: socket.socket, req: Request) -> bool:
         cfg = self.config
         with self._cond:
             self._token_requests += 1
@@ -577,7 +602,31 @@ class Simulator:
         answer = {"access_token": token, "token_type": "bearer", "expires_in": cfg.token_expires_in}
         return self._reply(sock, 200, answer)
 
-    def _admin(self, sock: socket.socket, req: _Request, path: str) -> bool:
+    def _unauthorized(self, req: Request) -> str | None:
+        """Why the request's bearer token is not valid now (None: it is)."""
+        scheme, _, token = req.headers.get("authorization", "").partition(" ")
+        with self._cond:
+            expiry = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+        if expiry is None:
+            return "missing or unknown access token"
+        return "access token expired" if expiry <= time.monotonic() else None
+
+    def _enable(self, sock: socket.socket, req: Request, name: str) -> bool:
+        """``GET /api/2/enable/<name>``: the fix Adobe names for a 424; ends not_enabled."""
+        with self._cond:
+            self._enable_requests += 1
+        if req.method != "GET":
+            return self._reply(sock, 405, {"error": "method_not_allowed"}, Allow="GET")
+        if name != self.config.stream_name:
+            return self._reply(sock, 404, {"error": "not_found"})
+        if (why := self._unauthorized(req)) is not None:
+            return self._reply(sock, 401, {"error": "invalid_token", "error_description": why})
+        with self._cond:
+            if self._mode == "not_enabled":
+                self._mode = "normal"
+        return self._reply(sock, 200, {"stream": name, "enabled": True})
+
+    def _admin(self, sock: socket.socket, req: Request, path: str) -> bool:
         if path == "/admin/state" and req.method == "GET":
             return self._reply(sock, 200, self.state())
         try:
@@ -599,96 +648,20 @@ class Simulator:
         return self._reply(sock, 200, {"ok": True, "mode": self._mode})
 
 
-def _read_request(sock: socket.socket, buf: bytes) -> tuple[_Request | None, bytes]:
-    """The next request on ``sock`` and the bytes after it; None at EOF."""
-    bad = _Request("", "", "", {}, b"")
-    while b"\r\n\r\n" not in buf:
-        if len(buf) > _MAX_HEAD:
-            return bad, b""
-        if not (data := sock.recv(65536)):
-            return None, b""
-        buf += data
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            return bad, b""
-        key = name.strip().lower()
-        headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
-    start, length = lines[0].split(" "), headers.get("content-length", "0")
-    if len(start) != 3 or not length.isdigit() or int(length) > 1 << 20:
-        return bad, b""
-    while len(rest) < int(length):
-        if not (data := sock.recv(65536)):
-            return None, b""
-        rest += data
-    return _Request(start[0], start[1], start[2], headers, rest[: int(length)]), rest[int(length) :]
-
-
-def _codings(header: str) -> set[str]:
-    """The content codings an Accept-Encoding value allows (q=0 means refused)."""
-    allowed = set()
-    for item in header.split(","):
-        name, *params = (p.strip() for p in item.split(";"))
-        q = next((v for k, _, v in (p.partition("=") for p in params) if k.strip() == "q"), "1")
-        with contextlib.suppress(ValueError):
-            if name and float(q) > 0:
-                allowed.add(name.lower())
-    return allowed
-
-
-def _params(query: str, allowed: int) -> tuple[int, str | None]:
-    """(maxConnections, reset) from the query; ValueError describes a bad parameter."""
-    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-    raw = params.get("maxConnections", "1")
-    if not raw.isdigit() or not 1 <= int(raw) <= 8:
-        raise ValueError("maxConnections must be an integer from 1 to 8")
-    if int(raw) > allowed:
-        raise ValueError(f"maxConnections={raw} exceeds the {allowed} provisioned for this stream")
-    if params.get("reset", "smallest") not in ("smallest", "largest"):
-        raise ValueError("reset must be smallest or largest")
-    if params.get("smoothing", "0") not in ("0", "1", "true", "false"):
-        raise ValueError("smoothing must be 0 or 1")
-    size = params.get("smoothingBucketSize", "270")
-    if not size.isdigit() or not 1 <= int(size) <= 7200:
-        raise ValueError("smoothingBucketSize must be an integer from 1 to 7200")
-    return int(raw), params.get("reset")
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
-
-
-def _check_peer(sock: socket.socket) -> None:
-    """Raise _Ended if the client closed (FIN: clean) or reset (RST alone: vanished)."""
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    if not poller.poll(0):
-        return
-    try:
-        data = sock.recv(65536)  # whatever a client sends on a stream is ignored
-    except ConnectionResetError:
-        raise _Ended("client vanished (connection reset)", ghost=True) from None
-    if not data:
-        raise _Ended("client closed cleanly (FIN)")
-
-
 def _inject(s: _Stream, fault: str, payload: bytes) -> None:
-    """Send what ``fault`` calls for, then end the stream (always raises _Ended)."""
+    """Send what ``fault`` calls for, then end the stream (always raises Ended)."""
     if fault == "garbage":
         # 0xFF starts a deflate block of the reserved type 3: any inflater fails right there.
-        s.sock.sendall(_chunk(b"\xff\xfe<html>502 Bad Gateway</html>" + s.rng.randbytes(64)))
-        raise _Ended("fault: garbage")
+        s.sock.sendall(chunk(b"\xff\xfe<html>502 Bad Gateway</html>" + s.rng.randbytes(64)))
+        raise Ended("fault: garbage")
     piece = payload or EMPTY_BLOCK
     half = max(1, len(piece) // 2)
     if fault == "truncate":
-        s.sock.sendall(_chunk(piece[:half]))
-        raise _Ended("fault: gzip stream truncated")
+        s.sock.sendall(chunk(piece[:half]))
+        raise Ended("fault: gzip stream truncated")
     if fault == "drop_mid":
         s.sock.sendall(b"%x\r\n%b" % (len(piece), piece[:half]))
-    raise _Ended(f"server drop{' mid-chunk' if fault == 'drop_mid' else ''}")
+    raise Ended(f"server drop{' mid-chunk' if fault == 'drop_mid' else ''}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -98,6 +98,8 @@ class TransactionalWriter(CommitOutcome):
         self._txn_bytes = 0
         self._txn_started = 0.0
         self._txn_hits = 0
+        # Each taken hit's timestamp as parsed (see bridge.freshness), observed at commit.
+        self._txn_stamps: list[object] = []
         self._txn_dlq: Counter[str] = Counter()
         self._need_abort = self._need_begin = self._need_replay = self._offsets_sent = False
         self._failures = 0
@@ -105,6 +107,8 @@ class TransactionalWriter(CommitOutcome):
         self._n = dict.fromkeys(_COUNTERS, 0)
         self._logged: dict[str, float] = {}
         self._polled_at = float("-inf")
+        metrics.kafka_unreachable.set_function(self.unreachable_for)
+        metrics.committed_hits.writing = lambda: self._state is not IDLE  # begun, not ended
 
     def _start(self, fencing: Fencing | None) -> None:
         """Forget the last term's transaction (saying what is dropped) before a new one."""
@@ -113,6 +117,7 @@ class TransactionalWriter(CommitOutcome):
             log.warning("publish.abandoned", records=len(self._kept), state=self._state)
         self._drop_producer()
         self._kept.clear()
+        self._txn_stamps.clear()
         self._txn_bytes = self._txn_hits = self._failures = 0
         self._txn_dlq.clear()
         self._fencing = fencing
@@ -267,7 +272,8 @@ class TransactionalWriter(CommitOutcome):
                 if self._fencing is not None and not self._offsets_sent:
                     self._send_offsets(timeout)
                 self._committing = True  # from here on the outcome may be unknown
-                producer.commit_transaction(timeout)
+                with self._metrics.transaction_commit.time():  # failed calls too
+                    producer.commit_transaction(timeout)
         except KafkaException as exc:
             self._fail(exc.args[0], "commit")
             return False
@@ -300,6 +306,8 @@ class TransactionalWriter(CommitOutcome):
                 n["records_dead_lettered"] += count
             m.transactions.labels(result="committed").inc()
             n["transactions_committed"] += 1
+            m.committed_hits.committed(self._txn_stamps, time.time())
+            self._txn_stamps.clear()  # in place: publish_many holds it
             self._kept.clear()
             self._txn_bytes = self._txn_hits = 0
             self._txn_dlq.clear()
@@ -418,13 +426,15 @@ class TransactionalWriter(CommitOutcome):
             except KafkaException as exc:
                 log.warning("publish.abort_failed", error=exc.args[0].name())
         self._kept.clear()
+        self._txn_stamps.clear()
         self._drop_producer()
         self._state = IDLE
+        self._stuck_since = None  # a standby gives Kafka nothing, so Kafka refuses nothing
 
     def close(self, timeout: float) -> None:
         """Commit what is open if possible, else abort; never raises."""
         if self._producer is None and not self._kept:
-            self._state = IDLE
+            self._state, self._stuck_since = IDLE, None
             return
         deadline = time.monotonic() + timeout
         if self._state is not FENCED:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from bridge.config import LivestreamSettings
-from bridge.httpclient import UpstreamHttp, token_client
+from bridge.httpclient import UpstreamHttp, token_client, with_params
 
 
 class LoopbackServer:
@@ -27,6 +27,7 @@ class LoopbackServer:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/x"
         self.mute = mute
         self.peers: list[int] = []  # client port of every request
+        self.targets: list[str] = []  # request target (path and query) of every request
         self.closed = threading.Event()  # a mute connection saw the client close
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -46,7 +47,8 @@ class LoopbackServer:
             while data := conn.recv(65536):
                 buf += data
                 while b"\r\n\r\n" in buf:
-                    _, buf = buf.split(b"\r\n\r\n", 1)
+                    head, buf = buf.split(b"\r\n\r\n", 1)
+                    self.targets.append(head.split(b" ")[1].decode("latin-1"))
                     self.peers.append(port)
                     if not self.mute:
                         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -176,3 +178,53 @@ def test_no_descriptor_outlives_its_connection(
         assert http.backend.cancel() is False  # nothing is tracked any more
     finally:
         http.close()
+
+
+@pytest.mark.parametrize(
+    "url,params,expected",
+    [
+        (
+            "https://h/api/2/stream/s?beta=true",
+            {"maxConnections": "1"},
+            "beta=true&maxConnections=1",
+        ),
+        (
+            "https://h/s?maxConnections=7&beta=true",
+            {"maxConnections": "2"},
+            "beta=true&maxConnections=2",
+        ),
+        (
+            "https://h/s?flag&q=%C3%A9&r=a+b",
+            {"reset": "latest"},
+            "flag&q=%C3%A9&r=a+b&reset=latest",
+        ),
+        ("https://h/s?max%43onnections=5", {"maxConnections": "1"}, "maxConnections=1"),
+        (
+            "https://h/s",
+            {"maxConnections": "1", "reset": "earliest"},
+            "maxConnections=1&reset=earliest",
+        ),
+        ("https://h/s?beta=true", {}, "beta=true"),
+    ],
+)
+def test_with_params_keeps_the_urls_own_query(
+    url: str, params: dict[str, str], expected: str
+) -> None:
+    """The URL's own parameters stay as written and in order; ours are appended, and one
+    of ours already in the URL (however percent-encoded) is replaced, never doubled."""
+    assert with_params(httpx.URL(url), params).query.decode() == expected
+
+
+def test_stream_get_carries_the_configured_urls_query(server: LoopbackServer) -> None:
+    """On the wire, the stream GET to a /api/2/stream/<name>?beta=true URL keeps ?beta=true
+    with maxConnections and reset (sent as configured) merged in."""
+    url = server.url.replace("/x", "/api/2/stream/acme?beta=true")
+    http = UpstreamHttp(LivestreamSettings(url=url, max_connections=2, reset="earliest"))
+    try:
+        http.arm()
+        response = http.open("token-1", "client-1")
+        assert response.read() == b"ok"
+        response.close()
+    finally:
+        http.close()
+    assert server.targets == ["/api/2/stream/acme?beta=true&maxConnections=2&reset=earliest"]

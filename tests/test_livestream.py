@@ -1624,3 +1624,339 @@ def test_sim_every_attempt_uses_a_fresh_connection(simulator: Callable[..., Any]
     assert len(refused) >= 4
     ports = [a["client"].rsplit(":", 1)[1] for a in sim.attempts()]
     assert len(set(ports)) == len(ports), ports
+
+
+# -- Live Stream's 2026 API changes, and what the upstream loop tells Prometheus -------
+
+
+def gauge(metric: Any, **labels: str) -> float:
+    child = metric.labels(**labels) if labels else metric
+    return float(child._value.get())
+
+
+def upstream_state(metrics: Metrics) -> str | None:
+    """The one state at 1 (None while a change is half made)."""
+    from bridge.observability import UPSTREAM_STATES
+
+    on = [s for s in UPSTREAM_STATES if gauge(metrics.upstream_state, state=s) == 1]
+    return on[0] if len(on) == 1 else None
+
+
+class TrailMetrics(Metrics):
+    """The real Metrics, also remembering every upstream state set, in order, with the
+    backoff gauge's value when that state was left (the loop sets the state, then the
+    backoff; a 1 ms sampler missed states a loopback server makes last microseconds)."""
+
+    def __init__(self) -> None:
+        self.trail: list[tuple[str, float | None]] = []  # before __init__: it sets standby
+        super().__init__()
+
+    def set_upstream_state(self, state: str) -> None:
+        if self.trail:
+            self.trail[-1] = (self.trail[-1][0], gauge(self.upstream_backoff))
+        self.trail.append((state, None))
+        super().set_upstream_state(state)
+
+    def states(self) -> list[str]:
+        return [state for state, _ in self.trail]
+
+    def backoffs(self, state: str) -> list[float | None]:
+        """The backoff at the end of each phase spent in ``state`` (None: not left yet)."""
+        return [backoff for s, backoff in self.trail if s == state]
+
+
+def test_upstream_metrics_are_preinitialised() -> None:
+    """Before any attempt: standby is the one state, backoff 0, and the contract's refusal
+    and operator statuses already export a zero series."""
+    text = Metrics().render().decode()
+    assert 'livestream_bridge_upstream_state{state="standby"} 1.0' in text
+    for state in ("connecting", "streaming", "waiting_grace", "backing_off", "refused"):
+        assert f'livestream_bridge_upstream_state{{state="{state}"}} 0.0' in text
+    assert 'livestream_bridge_upstream_state{state="waiting_kafka"} 0.0' in text
+    assert "livestream_bridge_upstream_backoff_seconds 0.0" in text
+    for status in ("409", "503", "500", "401", "404", "424", "403", "429"):
+        assert f'livestream_bridge_upstream_refusals_total{{status="{status}"}} 0.0' in text
+    for status in ("400", "403", "404", "405", "406", "424", "505"):
+        assert f'livestream_bridge_upstream_fatal_status{{status="{status}"}} 0.0' in text
+    with pytest.raises(ValueError):
+        Metrics().set_upstream_state("dozing")
+
+
+def test_424_is_explained_once_and_retried_with_the_refusal_backoff(
+    fake: FakeLiveStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run of 424s: one ERROR line naming the enable URL and Adobe Customer Care, every
+    retry within [grace, cap], the fatal-status gauge at 1 and the state refused meanwhile,
+    no exception; the stream then opens and the gauge drops to 0."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    why = "Stream not enabled for the latest API version"
+    fake.script = [Status(424, {"error": "failed_dependency", "error_description": why})] * 3
+    fake.default = Stream(gz_records(b'{"n":1}'))
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.3, cap=0.6, metrics=metrics)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: gauge(metrics.upstream_fatal_status, status="424") == 1)
+    # The loop sets the state, then the backoff: wait for both (the wait lasts >= 0.3 s).
+    wait_until(
+        lambda: (
+            upstream_state(metrics) == "refused" and 0.3 <= gauge(metrics.upstream_backoff) <= 0.6
+        )
+    )
+    wait_until(lambda: sink.records == [b'{"n":1}'], timeout=5)
+    assert run.error is None
+    gaps = [b.t - a.t for a, b in itertools.pairwise(fake.seen)]
+    assert len(gaps) == 3 and all(0.3 - SLACK <= g <= 0.6 + 0.3 for g in gaps)
+    assert gauge(metrics.upstream_fatal_status, status="424") == 0
+    assert gauge(metrics.upstream_refusals, status="424") == 3
+    assert gauge(metrics.unexpected_statuses, status="424") == 0  # 424 is documented now
+    told = [r for r in caplog.records if r.getMessage() == "upstream.stream_not_enabled"]
+    assert len(told) == 1 and told[0].levelno == logging.ERROR
+    hint = told[0].fields["hint"]  # type: ignore[attr-defined]
+    assert f"GET http://127.0.0.1:{fake.port}/api/2/enable/test" in hint
+    assert "Adobe Customer Care" in hint and "retries" in hint
+    assert told[0].fields["error_description"] == why  # type: ignore[attr-defined]
+    assert [line["status"] for line in attempt_lines(caplog)] == [424, 424, 424, 200]
+    assert run.finish() is None
+    up.close()
+
+
+def test_424_never_ends_the_run(fake: FakeLiveStream, caplog: pytest.LogCaptureFixture) -> None:
+    """A stream that stays not enabled is retried for as long as the run lasts (here more
+    than MAX_404 times), explained once per streak: a 424 streak broken by a 503 is
+    explained again."""
+    caplog.set_level(logging.INFO, logger="bridge")
+    fake.script = [Status(424)] * 4 + [Status(503)] + [Status(424)] * 2
+    fake.default = Status(424)
+    up = make_upstream(fake.url, grace=0.02, cap=0.05)
+    run = Runner(up, RecordingSink())
+    wait_until(lambda: len(fake.seen) >= 9, timeout=5)
+    assert not run.done.is_set()
+    assert run.finish() is None
+    told = [r for r in caplog.records if r.getMessage() == "upstream.stream_not_enabled"]
+    assert len(told) == 2
+    up.close()
+
+
+@pytest.mark.parametrize("code", [403, 400])
+def test_fatal_status_leaves_refused_and_the_gauge_up(fake: FakeLiveStream, code: int) -> None:
+    """A status that ends the run leaves upstream_state refused and its fatal-status gauge
+    at 1 (the last thing a scrape sees before exit 3), the refusal counted."""
+    fake.default = Status(code)
+    metrics = Metrics()
+    up = make_upstream(fake.url, metrics=metrics)
+    run = Runner(up, RecordingSink())
+    assert run.done.wait(5)
+    assert isinstance(run.error, FatalUpstreamError)
+    assert upstream_state(metrics) == "refused"
+    assert gauge(metrics.upstream_fatal_status, status=str(code)) == 1
+    assert gauge(metrics.upstream_refusals, status=str(code)) == 1
+    up.close()
+
+
+def test_only_the_last_answer_holds_the_fatal_gauge(fake: FakeLiveStream) -> None:
+    """A 404 raises its gauge; the 409 after it lowers it again (the gauge says what the
+    last answer was, not what happened once)."""
+    fake.script = [Status(404), Status(409)]
+    fake.default = Mute()
+    metrics = Metrics()
+    up = make_upstream(fake.url, grace=0.2, cap=0.3, metrics=metrics)
+    run = Runner(up, RecordingSink())
+    wait_until(lambda: gauge(metrics.upstream_fatal_status, status="404") == 1)
+    wait_until(lambda: gauge(metrics.upstream_refusals, status="409") == 1)
+    wait_until(lambda: upstream_state(metrics) == "connecting")  # the muted third attempt
+    assert gauge(metrics.upstream_fatal_status, status="404") == 0
+    assert run.finish() is None
+    up.close()
+
+
+def test_upstream_state_follows_the_loop(fake: FakeLiveStream) -> None:
+    """409 -> backing_off (backoff gauge in [grace, cap]), 200 -> streaming (backoff 0),
+    a closed stream -> waiting_grace (backoff = grace), 200 -> streaming, stop -> standby."""
+    fake.script = [Status(409), Stream(gz_records(b'{"a":1}'), end="hold")]
+    fake.default = Stream(gz_records(b'{"b":2}'), end="hold")
+    metrics = TrailMetrics()
+    up = make_upstream(fake.url, grace=0.25, cap=0.5, metrics=metrics)
+    sink = RecordingSink()
+    run = Runner(up, sink)
+    wait_until(lambda: sink.records == [b'{"a":1}'] and upstream_state(metrics) == "streaming")
+    up.disconnect("test")
+    wait_until(lambda: sink.records == [b'{"a":1}', b'{"b":2}'], timeout=5)
+    wait_until(lambda: upstream_state(metrics) == "streaming")
+    assert run.finish() is None
+    assert metrics.states() == [
+        "standby",
+        "connecting",
+        "backing_off",
+        "connecting",
+        "streaming",
+        "waiting_grace",
+        "connecting",
+        "streaming",
+        "standby",
+    ]
+    backoff = metrics.backoffs("backing_off")[0]
+    assert backoff is not None and 0.25 <= backoff <= 0.5
+    assert metrics.backoffs("waiting_grace") == [0.25]
+    assert metrics.backoffs("streaming") == [0.0, 0.0]
+    assert upstream_state(metrics) == "standby" and up.reported_state == "standby"
+    up.close()
+
+
+def test_waiting_for_kafka_is_its_own_state(fake: FakeLiveStream) -> None:
+    """While the sink (Kafka) cannot take a stream the state is waiting_kafka, not a
+    backoff; once it can, the stream opens."""
+    fake.default = Stream(gz_records(b'{"k":1}'))
+    metrics = Metrics()
+    up = make_upstream(fake.url, metrics=metrics)
+    sink = RecordingSink()
+    sink.is_ready.clear()
+    run = Runner(up, sink)
+    wait_until(lambda: upstream_state(metrics) == "waiting_kafka")
+    assert gauge(metrics.upstream_backoff) == 0
+    sink.is_ready.set()
+    wait_until(lambda: upstream_state(metrics) == "streaming")
+    assert run.finish() is None
+    up.close()
+
+
+def request_target(seen: Seen) -> str:
+    return seen.request_line.split(" ")[1]
+
+
+@pytest.mark.parametrize("reset", ["smallest", "largest", "earliest", "latest"])
+def test_api_2_url_keeps_its_query_and_reset_is_sent_as_configured(
+    fake: FakeLiveStream, reset: str
+) -> None:
+    """A /api/2/stream/<name>?beta=true URL is requested as it is, with maxConnections and
+    reset merged into its query; a maxConnections in the URL yields to the setting; reset
+    goes out exactly as configured, either spelling."""
+    fake.default = Stream(gz_records(b"{}"), end="hold")
+    url = fake.url.replace("/api/1/", "/api/2/") + "?beta=true&maxConnections=7"
+    up = make_upstream(url, reset=reset, max_connections=2)
+    run = Runner(up, RecordingSink())
+    wait_until(lambda: len(fake.seen) == 1)
+    assert request_target(fake.seen[0]) == (
+        f"/api/2/stream/test?beta=true&maxConnections=2&reset={reset}"
+    )
+    assert run.finish() is None
+    up.close()
+
+
+def test_redirect_keeps_the_query_of_its_location(fake: FakeLiveStream) -> None:
+    """A Location carrying its own query (a data centre's, say) keeps it, with ours merged."""
+    other = FakeLiveStream()
+    try:
+        target = other.url.replace("/api/1/", "/api/2/") + "?dc=pnw&beta=true"
+        fake.default = Status(302, headers={"Location": target})
+        other.default = Stream(gz_records(b'{"r":1}'), end="hold")
+        up = make_upstream(fake.url + "?beta=true", max_connections=3)
+        run = Runner(up, RecordingSink())
+        wait_until(lambda: len(other.seen) == 1)
+        assert request_target(fake.seen[0]) == "/api/1/stream/test?beta=true&maxConnections=3"
+        assert request_target(other.seen[0]) == (
+            "/api/2/stream/test?dc=pnw&beta=true&maxConnections=3"
+        )
+        assert run.finish() is None
+        up.close()
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        (
+            "https://livestream.adobe.net/api/1/stream/acme-prod",
+            "https://livestream.adobe.net/api/2/enable/acme-prod",
+        ),
+        (
+            "https://livestream.adobe.net/api/2/stream/acme-prod/?beta=true",
+            "https://livestream.adobe.net/api/2/enable/acme-prod",
+        ),
+        (
+            "https://user:pw-5150@livestream.adobe.net:443/api/1/stream/x",
+            "https://livestream.adobe.net/api/2/enable/x",
+        ),
+        ("http://127.0.0.1:8081/api/1/stream/demo", "http://127.0.0.1:8081/api/2/enable/demo"),
+        ("https://example.com/feed", None),
+    ],
+)
+def test_enable_url_is_derived_from_the_stream_url(url: str, expected: str | None) -> None:
+    """The fix a 424 names is /api/2/enable/<name> on the stream URL's scheme and host,
+    never with user info; a URL naming no stream falls back to Adobe's documented form."""
+    from bridge.reconnect import enable_url, not_enabled_hint
+
+    assert enable_url(url) == expected
+    hint = not_enabled_hint(url)
+    assert (expected or "https://livestream.adobe.net/api/2/enable/<stream>") in hint
+    assert "pw-5150" not in hint
+
+
+def test_reset_spellings_are_validated() -> None:
+    """earliest and latest are accepted like smallest and largest; anything else is not."""
+    from pydantic import ValidationError
+
+    for value in ("smallest", "largest", "earliest", "latest"):
+        assert LivestreamSettings(url="https://x.adobe.net/s", reset=value).reset == value
+    with pytest.raises(ValidationError):
+        LivestreamSettings(url="https://x.adobe.net/s", reset="oldest")
+
+
+def test_sim_424_until_the_named_fix_is_applied(
+    simulator: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Against the simulator's not_enabled mode the bridge keeps retrying; calling the URL
+    its log line names, with the usual headers, enables the stream and the same run
+    streams without a restart."""
+    caplog.set_level(logging.INFO, logger="bridge.livestream")
+    sim = simulator(rate=100.0)
+    sim.set_mode("not_enabled")
+    client = SimClient(sim, reconnect_grace_s=0.2, backoff_cap_s=0.5)
+    wait_until(lambda: len(sim.attempts()) >= 2, timeout=5)
+    told = [r for r in caplog.records if r.getMessage() == "upstream.stream_not_enabled"]
+    assert len(told) == 1
+    hint: str = told[0].fields["hint"]  # type: ignore[attr-defined]
+    enable = hint.split("GET ", 1)[1].split(" ", 1)[0]
+    assert enable == f"{sim.base_url}/api/2/enable/demo"
+    headers = {"Authorization": f"Bearer {client.tokens.token()}", "x-api-key": "sim-client"}
+    assert httpx.get(enable, headers=headers).status_code == 200
+    wait_until(lambda: len(client.sink.records) > 0, timeout=5)
+    assert client.finish() is None
+    statuses = [a["status"] for a in sim.attempts()]
+    assert set(statuses[:-1]) == {424} and statuses[-1] == 200
+    assert gauge(client.metrics.upstream_fatal_status, status="424") == 0
+
+
+def test_sim_migrating_503_is_backed_off_and_quoted(
+    simulator: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """503 'stream is migrating, try again': retried with the refusal backoff, each attempt
+    line quoting Adobe's error_description; the stream resumes when the migration ends."""
+    caplog.set_level(logging.INFO, logger="bridge.livestream")
+    sim = simulator(rate=100.0)
+    sim.set_mode("migrating")
+    client = SimClient(sim, reconnect_grace_s=0.2, backoff_cap_s=0.6)
+    wait_until(lambda: len(sim.attempts()) >= 3, timeout=5)
+    sim.set_mode("normal")
+    wait_until(lambda: len(client.sink.records) > 0, timeout=5)
+    assert client.finish() is None
+    refused = [line for line in attempt_lines(caplog) if line["status"] == 503]
+    assert len(refused) >= 3
+    assert {line["error_description"] for line in refused} == {"stream is migrating, try again"}
+    assert all(0.2 <= line["delay_s"] <= 0.6 for line in refused)
+    assert [line["refusals"] for line in refused] == list(range(1, len(refused) + 1))
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(sim.attempts())]
+    assert all(g >= 0.2 - SLACK for g in gaps)
+    assert gauge(client.metrics.upstream_refusals, status="503") == len(refused)
+
+
+def test_sim_api_2_beta_url_streams(simulator: Callable[..., Any]) -> None:
+    """The bridge reads the simulator's /api/2/stream/<name>?beta=true with reset=latest,
+    and the simulator saw exactly that target."""
+    sim = simulator(rate=100.0)
+    url = f"{sim.base_url}/api/2/stream/demo?beta=true"
+    client = SimClient(sim, url=url, reset="latest")
+    wait_until(lambda: len(client.sink.records) > 0, timeout=5)
+    assert client.finish() is None
+    assert streams(sim)[0]["target"] == "/api/2/stream/demo?beta=true&maxConnections=1&reset=latest"

@@ -390,3 +390,36 @@ def test_records_written_after_our_fin_are_published(
     v = verdict(upstream.sent, read_all(kafka_bootstrap, topic, timeout=60))
     assert v.emitted > 500
     assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
+
+
+def test_reader_queue_bytes_rise_while_the_pump_is_held_then_drain(
+    sim: Simulator, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reader_queue_bytes (and /status) show compressed bytes waiting while the pump cannot
+    publish, and fall back to 0 once every hit is published."""
+    bridge, stop, thread, raised = in_process(sim, kafka_bootstrap, monkeypatch)
+    gate = threading.Event()
+    real = bridge.publisher.publish_many
+
+    def held(records: list[bytes], received_at: float, start: int = 0) -> None:
+        gate.wait(20)  # the pump is stuck until the test has seen the queue grow
+        real(records, received_at, start)
+
+    def queued() -> float:
+        return bridge.metrics.registry.get_sample_value("livestream_bridge_reader_queue_bytes") or 0
+
+    monkeypatch.setattr(bridge.publisher, "publish_many", held)
+    thread.start()
+    try:
+        wait_until(lambda: queued() > 0, 60, "compressed bytes to wait in the reader queue")
+        assert bridge.state.snapshot()["reader_queue_bytes"] > 0
+        gate.set()
+        topic = bridge.settings.kafka.topic
+        v = wait_for_all(kafka_bootstrap, topic, sim.emitted_hit_ids, timeout=120)
+        assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
+        wait_until(lambda: queued() == 0, 30, "the reader queue to drain")
+    finally:
+        gate.set()
+        stop.set()
+        thread.join(60)
+    assert raised == []

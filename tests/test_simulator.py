@@ -189,6 +189,8 @@ def test_token_endpoint_issues_tokens_and_refuses_bad_clients(start_sim: StartSi
         "?maxConnections=0",
         "?maxConnections=two",
         "?reset=middle",
+        "?reset=oldest",
+        "?beta=maybe",
         "?smoothingBucketSize=0",
         "?smoothingBucketSize=7201",
     ],
@@ -395,9 +397,10 @@ def test_resume_replays_duplicates_and_loses_nothing(start_sim: StartSim) -> Non
     assert len(emitted) >= 100
 
 
-def test_reset_largest_skips_what_was_produced_meanwhile(start_sim: StartSim) -> None:
-    """reset=largest starts with records produced after the connect: no replay, and what
-    was produced while nobody was connected is never sent."""
+@pytest.mark.parametrize("reset", ["largest", "latest"])
+def test_reset_largest_skips_what_was_produced_meanwhile(start_sim: StartSim, reset: str) -> None:
+    """reset=largest (or latest, the newer spelling) starts with records produced after the
+    connect: no replay, and what was produced while nobody was connected is never sent."""
     sim = start_sim(rate=400)
     first = open_stream(sim)
     first.read(20)
@@ -407,9 +410,23 @@ def test_reset_largest_skips_what_was_produced_meanwhile(start_sim: StartSim) ->
     wait_for(lambda: sim.state()["produced"] > produced + 40, "more production")
     high = int(first.hit_ids()[0].split(":")[0])
     before = {f"{high}:{hit_id_low(high, seq)}" for seq in range(sim.state()["produced"])}
-    second = open_stream(sim, "?reset=largest")
+    second = open_stream(sim, f"?reset={reset}")
     second.read(20)
     assert not set(second.hit_ids()) & before
+
+
+@pytest.mark.parametrize("reset", ["smallest", "earliest"])
+def test_reset_smallest_starts_at_the_oldest_retained(start_sim: StartSim, reset: str) -> None:
+    """reset=smallest (or earliest) starts again at the oldest retained record, even right
+    after a client that already read it."""
+    sim = start_sim(rate=400)
+    first = open_stream(sim)
+    first.read(20)
+    sim.drop_connections(mid_chunk=False)
+    first.read_to_eof()
+    second = open_stream(sim, f"?reset={reset}")
+    second.read(20)
+    assert second.hit_ids()[:20] == first.hit_ids()[:20]
 
 
 def test_hits_produced_before_the_first_client_are_delivered(start_sim: StartSim) -> None:
@@ -592,3 +609,58 @@ def test_run_prints_urls_and_stops_on_sigterm() -> None:
         process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+# -- Live Stream's 2026 API changes ------------------------------------------------------
+
+
+def test_api_2_path_and_beta_query_are_served(start_sim: StartSim) -> None:
+    """/api/2/stream/<name>, with or without ?beta=true, streams like /api/1; the attempt
+    records the target as asked; other versions or names are 404."""
+    sim = start_sim(rate=300)
+    headers = {"Authorization": f"Bearer {token(sim)}", "Accept-Encoding": "gzip"}
+    beta = Raw(sim.base_url, "/api/2/stream/demo?beta=true&reset=earliest", headers)
+    assert beta.status == 200
+    beta.read(5)
+    assert all(hit_id(r) for r in beta.hits())
+    assert sim.attempts()[0]["target"] == "/api/2/stream/demo?beta=true&reset=earliest"
+    sim.drop_connections()
+    assert Raw(sim.base_url, "/api/2/stream/demo", headers).status == 200
+    sim.drop_connections()
+    assert Raw(sim.base_url, "/api/2/stream/other", headers).status == 404
+    assert Raw(sim.base_url, "/api/3/stream/demo", headers).status == 404
+
+
+def test_not_enabled_mode_answers_424_until_the_enable_call(start_sim: StartSim) -> None:
+    """In not_enabled mode stream GETs get 424 with an error_description; GET
+    /api/2/enable/<name> needs GET, the stream's name and a valid token, then ends it."""
+    sim = start_sim(rate=100)
+    sim.set_mode("not_enabled")
+    refused = open_stream(sim)
+    assert refused.status == 424
+    assert "not enabled for the latest API version" in refused.body_json()["error_description"]
+    enable = f"{sim.base_url}/api/2/enable/{sim.config.stream_name}"
+    bearer = {"Authorization": f"Bearer {token(sim)}"}
+    assert httpx.get(enable).status_code == 401
+    assert httpx.post(enable, headers=bearer).status_code == 405
+    assert httpx.get(f"{sim.base_url}/api/2/enable/other", headers=bearer).status_code == 404
+    assert open_stream(sim).status == 424  # none of those enabled it
+    answer = httpx.get(enable, headers=bearer)
+    assert answer.status_code == 200 and answer.json()["enabled"] is True
+    assert sim.state()["mode"] == "normal" and sim.state()["enable_requests"] == 4
+    assert open_stream(sim).status == 200
+
+
+def test_migrating_mode_answers_503_with_adobes_description(start_sim: StartSim) -> None:
+    """In migrating mode new streams get 503 "stream is migrating, try again" until the
+    mode changes; a live stream goes on."""
+    sim = start_sim(rate=200, max_connections_allowed=2)
+    live = open_stream(sim, "?maxConnections=2")
+    live.read(5)
+    sim.set_mode("migrating")
+    refused = open_stream(sim, "?maxConnections=2")
+    assert refused.status == 503
+    assert refused.body_json()["error_description"] == "stream is migrating, try again"
+    live.read(len(live.records) + 10)
+    sim.set_mode("normal")
+    assert open_stream(sim, "?maxConnections=2").status == 200

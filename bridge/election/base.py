@@ -162,6 +162,9 @@ class RoleReporter:
 
     def _report(self, role: str, leader: str | None, term: int | None) -> None:
         with self._lock:
+            # Before the no-change return: a leader can begin a new term without a standby
+            # report in between.
+            self._metrics.election_term.set(term if role == LEADER and term is not None else 0)
             if role == self._role and leader == self._leader:
                 return
             changed = role != self._role

@@ -143,3 +143,40 @@ Checks that rendering cannot express in the schema. Included by the Deployment.
 {{- fail "election.backend=none runs a single instance: set replicaCount to 1 (two replicas would both hold a Live Stream connection)" }}
 {{- end }}
 {{- end }}
+
+{{/*
+metrics.serviceMonitor with the deprecated top-level serviceMonitor's keys laid over it, as
+YAML (read it back with fromYaml). The old spelling wins because values.yaml leaves it
+empty: whatever it holds was set on purpose.
+*/}}
+{{- define "livestream-bridge.serviceMonitor" -}}
+{{- toYaml (mergeOverwrite (deepCopy .Values.metrics.serviceMonitor) (deepCopy (default dict .Values.serviceMonitor))) }}
+{{- end }}
+
+{{/*
+PromQL label matchers of this release's bridge series: by default what the ServiceMonitor's
+scrape labels them with (job is the Service's name).
+*/}}
+{{- define "livestream-bridge.ruleSelector" -}}
+{{- default (printf "job=%q,namespace=%q" (include "livestream-bridge.fullname" .) .Release.Namespace) .Values.metrics.prometheusRule.selector }}
+{{- end }}
+
+{{/*
+PromQL label matchers of this release's containers in kube-state-metrics' series: the
+Deployment's pods are named <full name>-<ReplicaSet hash>-<5 characters>.
+*/}}
+{{- define "livestream-bridge.restartSelector" -}}
+{{- default (printf "namespace=%q,pod=~%q,container=\"bridge\"" .Release.Namespace (printf "%s-[a-z0-9]+-[a-z0-9]{5}" (include "livestream-bridge.fullname" .))) .Values.metrics.prometheusRule.restartSelector }}
+{{- end }}
+
+{{/*
+An alert's labels: its severity and metrics.prometheusRule.alertLabels. Called with
+(list $ severity).
+*/}}
+{{- define "livestream-bridge.alertLabels" -}}
+{{- $root := index . 0 -}}
+severity: {{ index . 1 | quote }}
+{{- with $root.Values.metrics.prometheusRule.alertLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -51,7 +51,7 @@ class _Item:
 class _ChunkQueue:
     """Reader-to-pump hand-over, bounded by the bytes it holds (back-pressure)."""
 
-    def __init__(self, max_bytes: int, deposed: threading.Event) -> None:
+    def __init__(self, max_bytes: int, deposed: threading.Event, cut_wait_s: float) -> None:
         self._items: deque[_Item] = deque()
         self._bytes = 0
         self._max = max_bytes
@@ -64,7 +64,7 @@ class _ChunkQueue:
         # close has been forced, so this happens once per close at most, and memory stays
         # bounded by ``max_bytes`` plus one chunk.
         self.cut = threading.Event()
-        self.cut_wait_s = 2.0
+        self._cut_wait_s = cut_wait_s
 
     def put(self, item: _Item) -> bool:
         """Queue ``item``; blocks while full. False once we are deposed (drop it all)."""
@@ -75,7 +75,7 @@ class _ChunkQueue:
                     return False
                 if self.cut.is_set():
                     now = time.monotonic()
-                    deadline = deadline or now + self.cut_wait_s
+                    deadline = deadline or now + self._cut_wait_s
                     if now >= deadline:
                         break
                 self._cond.wait(_IDLE_TICK_S)
@@ -126,7 +126,6 @@ class _Sink:
 
     def opened(self, connection_id: int) -> None:
         self.queue.cut.clear()
-        self.queue.cut_wait_s = self.bridge.upstream.close_linger_s
         self.queue.put(_Item(_OPEN, connection_id))
         self.bridge.state.upstream = "streaming"
         self.bridge.election.announce_connected()
@@ -283,7 +282,9 @@ class Bridge:
         grace = term.grace_s(self.settings.livestream.reconnect_grace_s)
         first_delay = max(0.0, grace - (time.monotonic() - elected_at))
         self.log.info("bridge.leading", term=term.number, first_connect_in_s=round(first_delay, 3))
-        queue = self._queue = _ChunkQueue(self.settings.livestream.queue_bytes, term.lost)
+        queue = self._queue = _ChunkQueue(
+            self.settings.livestream.queue_bytes, term.lost, self.upstream.close_linger_s
+        )
         failure: list[BaseException] = []
         reader = threading.Thread(
             target=self._read,
@@ -397,17 +398,13 @@ class Bridge:
 
     def _drain(self, queue: _ChunkQueue, stream: _Records, reader: threading.Thread) -> None:
         """Publish what is queued, and what the reader still queues while its close runs."""
-        while True:
-            item = queue.get(_IDLE_TICK_S if reader.is_alive() else 0)
-            if item is None:
-                if reader.is_alive():
-                    continue
-                reader.join()
-                if not len(queue):
-                    return
-                continue
-            for records in stream.take(item):
-                self._publish(records, item.read_at)
+        # Once the reader has ended, everything it will ever queue is queued.
+        while reader.is_alive() or len(queue):
+            item = queue.get(_IDLE_TICK_S)
+            if item is not None:
+                for records in stream.take(item):
+                    self._publish(records, item.read_at)
+        reader.join()
 
     def _publish(self, records: list[bytes], read_at: float) -> None:
         publisher, start, outage = self.publisher, 0, False

@@ -334,7 +334,7 @@ def test_election_term_follows_the_role() -> None:
 
 def test_reader_queue_counts_the_bytes_it_holds() -> None:
     """The queue's byte count, which the reader_queue_bytes gauge reads, follows puts and gets."""
-    queue = _ChunkQueue(1 << 20, threading.Event())
+    queue = _ChunkQueue(1 << 20, threading.Event(), 2.0)
     assert queue.bytes == 0
     queue.put(_Item(_DATA, 0, b"x" * 1000))
     queue.put(_Item(_DATA, 0, b"y" * 24))

@@ -57,7 +57,13 @@ class UpstreamLost(UpstreamError):
 
 
 class PublishError(BridgeError):
-    """Kafka could not take the records."""
+    """Kafka could not take the records.
+
+    Raised while publishing a batch, ``resume_at`` is the index of its first record that
+    was not taken (those before it were): offer the batch again from there.
+    """
+
+    resume_at = 0
 
 
 class FencedError(PublishError):

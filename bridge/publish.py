@@ -68,7 +68,6 @@ class Publisher(TransactionalWriter):
             "dedupe_seeded": 0,
             "dedupe_seed_partitions_failed": 0,
         }
-        self.resume_at = 0  # see publish_many
         self._retry_id: tuple[int, int] | None = None  # see _send_hit
         metrics.dedupe_window_capacity.set(max(0, publish.dedupe_window))
         metrics.dedupe_window_ids.set_function(self._window_ids)
@@ -143,8 +142,8 @@ class Publisher(TransactionalWriter):
     ) -> None:
         """Take ``records[start:]`` in order, as :meth:`publish` would one by one.
 
-        On ``PublishError`` the records before ``resume_at`` were taken and the one at
-        ``resume_at`` was not: call again with ``start=resume_at``.
+        On ``PublishError`` the records before its ``resume_at`` were taken and the one at
+        ``resume_at`` was not: call again with ``start=exc.resume_at``.
         """
         # The hot path: one JSON parse (it is also the validation), the id, key and header
         # rules inlined for the forms Live Stream sends (the general helpers in
@@ -156,102 +155,108 @@ class Publisher(TransactionalWriter):
         if received_at != last:
             stamp = ("received-at", str(int(received_at * 1000)))
             self._ms_for = (received_at, stamp)
-        for i in range(start, len(records)):
-            self.resume_at = i
-            record = records[i]
-            if self._state is not OPEN:
-                self._settle()
-            if type(record) is not bytes and hasattr(record, "size"):
-                self._dead_letter(record, "oversized", received_at, int(record.size))
-                continue
-            try:
-                obj = _loads(record)
-            except _JSONError:
-                self._dead_letter(record, "not_json", received_at)
-                continue
-            if type(obj) is not dict:
-                self._dead_letter(record, "not_object", received_at)
-                continue
-            get = obj.get
-            high: Any = get("hitIdHigh")
-            low: Any = get("hitIdLow")
-            type_h, type_l = type(high), type(low)
-            if (
-                type_h is str
-                and type_l is str
-                and len(high) < 20  # up to 19 digits is always below 2**64
-                and len(low) < 20
-                and high.isdigit()
-                and low.isdigit()
-                and high.isascii()
-                and low.isascii()
-                and high[0] != "0"  # "0123" is not 123 (and "0" takes the general path)
-                and low[0] != "0"
-            ):
-                n_high, n_low = int(high), int(low)
-                text: str | None = f"{high}:{low}"
-            elif type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
-                n_high, n_low = high, low
-                text = f"{high}:{low}"
-            else:
-                text = None
-                ids = hit_id_key(high, low)
-                if ids is None:
-                    if self._cfg.require_hit_id:
-                        self._dead_letter(record, "missing_hit_id", received_at)
-                        continue
-                    n_high = n_low = -1
-                else:
-                    n_high, n_low = ids
-            if n_high < 0:
-                headers: list[Header] = []
-            else:
-                if window is not None and window.seen_or_add(n_high, n_low):
-                    if self._retry_id != (n_high, n_low):
-                        self._n["records_deduplicated"] += 1
-                        self._metrics.records_deduplicated.inc()
-                        continue
-                    self._retry_id = None  # offered again after an outage: not a replay
-                headers = [("hit-id", text or hit_id_text(high, low) or "")]
-            key = None
-            if visitor_key:
-                vh, vl = get("visIdHigh"), get("visIdLow")
-                if ((type(vh) is str and vh) or type(vh) is int) and (
-                    (type(vl) is str and vl) or type(vl) is int
-                ):
-                    key = f"{vh}:{vl}"
-                else:
-                    key = hit_id_text(vh, vl) or hit_id_text(get("mcVisIdHigh"), get("mcVisIdLow"))
-            suite = get("reportSuite") or default_suite
-            if suite:
-                if type(suite) is not str:
-                    suite = str(suite)
-                suite_header = self._suite_header
-                if suite != suite_header[1]:  # one report suite per stream: one shared header
-                    suite_header = self._suite_header = ("report-suite", suite)
-                headers.append(suite_header)
-            headers.append(stamp)
-            self._txn_hits += 1
-            seq = self._seq = self._seq + 1
-            if seq % SAMPLE_EVERY and kept:  # the first of a transaction: see _send
+        resume_at = start
+        try:
+            for i in range(start, len(records)):
+                resume_at = i
+                record = records[i]
+                if self._state is not OPEN:
+                    self._settle()
+                if type(record) is not bytes and hasattr(record, "size"):
+                    self._dead_letter(record, "oversized", received_at, int(record.size))
+                    continue
                 try:
-                    self._produce(topic, record, key, headers=headers)
-                except (BufferError, KafkaException):
-                    self._send_hit(topic, record, key, headers, high=n_high, low=n_low)
-                else:
-                    kept.append((topic, record, key, tuple(headers), None))
-                    self._txn_bytes += len(record)
-                    stamps.append(get("receivedTimeGMT") or get("timeGMT"))
-            else:
-                sampled = None if seq % SAMPLE_EVERY else received_at
-                if self._send_hit(
-                    topic, record, key, headers, high=n_high, low=n_low, sampled_at=sampled
+                    obj = _loads(record)
+                except _JSONError:
+                    self._dead_letter(record, "not_json", received_at)
+                    continue
+                if type(obj) is not dict:
+                    self._dead_letter(record, "not_object", received_at)
+                    continue
+                get = obj.get
+                high: Any = get("hitIdHigh")
+                low: Any = get("hitIdLow")
+                type_h, type_l = type(high), type(low)
+                if (
+                    type_h is str
+                    and type_l is str
+                    and len(high) < 20  # up to 19 digits is always below 2**64
+                    and len(low) < 20
+                    and high.isdigit()
+                    and low.isdigit()
+                    and high.isascii()
+                    and low.isascii()
+                    and high[0] != "0"  # "0123" is not 123 (and "0" takes the general path)
+                    and low[0] != "0"
                 ):
-                    stamps.append(get("receivedTimeGMT") or get("timeGMT"))
-            if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
-                self.resume_at = i + 1  # taken: if the commit fails, it must not come again
-                self.commit()
-        self.resume_at = len(records)
+                    n_high, n_low = int(high), int(low)
+                    text: str | None = f"{high}:{low}"
+                elif type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
+                    n_high, n_low = high, low
+                    text = f"{high}:{low}"
+                else:
+                    text = None
+                    ids = hit_id_key(high, low)
+                    if ids is None:
+                        if self._cfg.require_hit_id:
+                            self._dead_letter(record, "missing_hit_id", received_at)
+                            continue
+                        n_high = n_low = -1
+                    else:
+                        n_high, n_low = ids
+                if n_high < 0:
+                    headers: list[Header] = []
+                else:
+                    if window is not None and window.seen_or_add(n_high, n_low):
+                        if self._retry_id != (n_high, n_low):
+                            self._n["records_deduplicated"] += 1
+                            self._metrics.records_deduplicated.inc()
+                            continue
+                        self._retry_id = None  # offered again after an outage: not a replay
+                    headers = [("hit-id", text or hit_id_text(high, low) or "")]
+                key = None
+                if visitor_key:
+                    vh, vl = get("visIdHigh"), get("visIdLow")
+                    if ((type(vh) is str and vh) or type(vh) is int) and (
+                        (type(vl) is str and vl) or type(vl) is int
+                    ):
+                        key = f"{vh}:{vl}"
+                    else:
+                        key = hit_id_text(vh, vl) or hit_id_text(
+                            get("mcVisIdHigh"), get("mcVisIdLow")
+                        )
+                suite = get("reportSuite") or default_suite
+                if suite:
+                    if type(suite) is not str:
+                        suite = str(suite)
+                    suite_header = self._suite_header
+                    if suite != suite_header[1]:  # one report suite per stream: one shared header
+                        suite_header = self._suite_header = ("report-suite", suite)
+                    headers.append(suite_header)
+                headers.append(stamp)
+                self._txn_hits += 1
+                seq = self._seq = self._seq + 1
+                if seq % SAMPLE_EVERY and kept:  # the first of a transaction: see _send
+                    try:
+                        self._produce(topic, record, key, headers=headers)
+                    except (BufferError, KafkaException):
+                        self._send_hit(topic, record, key, headers, high=n_high, low=n_low)
+                    else:
+                        kept.append((topic, record, key, tuple(headers), None))
+                        self._txn_bytes += len(record)
+                        stamps.append(get("receivedTimeGMT") or get("timeGMT"))
+                else:
+                    sampled = None if seq % SAMPLE_EVERY else received_at
+                    if self._send_hit(
+                        topic, record, key, headers, high=n_high, low=n_low, sampled_at=sampled
+                    ):
+                        stamps.append(get("receivedTimeGMT") or get("timeGMT"))
+                if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
+                    resume_at = i + 1  # taken: if the commit fails, it must not come again
+                    self.commit()
+        except PublishError as exc:
+            exc.resume_at = resume_at
+            raise
 
     def _send_hit(
         self,

@@ -414,7 +414,8 @@ class Bridge:
                 break
             except (FencedError, KafkaSetupError):
                 raise
-            except PublishError:
+            except PublishError as exc:
+                start = exc.resume_at
                 if not outage:
                     # Kafka stayed away longer than kafka_outage_s: close upstream cleanly
                     # (Live Stream resumes from there later) and keep offering the rest of
@@ -425,7 +426,6 @@ class Bridge:
                     raise
                 else:
                     self.state.beat("pump", 3 * self.settings.publish.kafka_outage_s)
-                start = publisher.resume_at
         self.metrics.records_received.inc(len(records))
         self.metrics.last_record_timestamp.set(read_at)
         self.state.last_record_at = read_at

@@ -154,11 +154,11 @@ def test_dead_letters_are_counted_once_when_offered_again(fake: type[FakeProduce
     pub.begin(None)
     records = [b"not json", b'{"hitIdHigh":1,"hitIdLow":1}']
     fake.script["produce"] = Timeouts(clock)
-    with pytest.raises(PublishError, match="KAFKA_OUTAGE_S"):
+    with pytest.raises(PublishError, match="KAFKA_OUTAGE_S") as raised:
         pub.publish_many(records, NOW)
-    assert pub.resume_at == 0
+    assert raised.value.resume_at == 0
     fake.script["produce"] = []
-    pub.publish_many(records, NOW, pub.resume_at)
+    pub.publish_many(records, NOW, raised.value.resume_at)
     pub.commit()
     assert [v for _, v, _, _ in fake.instances[0].committed] == records
     assert metrics.records_dead_lettered.labels(reason="not_json")._value.get() == 1
@@ -178,12 +178,12 @@ def test_publish_many_names_where_to_resume_after_an_outage(
     records = [b'{"hitIdHigh":1,"hitIdLow":%d}' % n for n in range(8)]
     pub.publish_many(records[:4], NOW)  # one commit (at the third record), one record open
     fake.script[failing] = Timeouts(clock)
-    with pytest.raises(PublishError, match="KAFKA_OUTAGE_S"):
+    with pytest.raises(PublishError, match="KAFKA_OUTAGE_S") as raised:
         pub.publish_many(records, NOW, 4)
     # A failed commit comes after its record was taken; a failed produce before.
-    assert pub.resume_at == (6 if failing == "commit_transaction" else 4)
+    assert raised.value.resume_at == (6 if failing == "commit_transaction" else 4)
     fake.script[failing] = []
-    pub.publish_many(records, NOW, pub.resume_at)
+    pub.publish_many(records, NOW, raised.value.resume_at)
     pub.commit()
     assert [v for _, v, _, _ in fake.instances[0].committed] == records
     assert metrics.records_deduplicated._value.get() == 0

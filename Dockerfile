@@ -45,11 +45,15 @@ ENV PATH=/opt/venv/bin:$PATH
 # "README.m[d]" is a pattern so the build also works while there is none, and
 # pyproject.toml (unchanged, so no cache miss) keeps the COPY from having zero sources.
 # Byte code with unchecked hashes: no build time inside, and the venv never changes.
+# livestream_sim/ is the Live Stream simulator (`livestream-bridge simulate`, the compose
+# demo's upstream): a package of its own, which `run` never imports.
 COPY pyproject.toml README.m[d] ./
 COPY bridge/ ./bridge/
+COPY livestream_sim/ ./livestream_sim/
 RUN pip install --no-deps --no-build-isolation . \
     && python -m compileall -q -f --invalidation-mode unchecked-hash /opt/venv \
-    && livestream-bridge --version
+    && livestream-bridge --version \
+    && livestream-sim --help > /dev/null
 
 # --- runtime -----------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -64,8 +64,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from bridge import publish  # noqa: E402
 from bridge.config import KafkaSettings, PublishSettings  # noqa: E402
-from bridge.simulator import Simulator, SimulatorConfig  # noqa: E402
-from bridge.topics import producer_config  # noqa: E402
+from bridge.kafkaclients import producer_config  # noqa: E402
+from livestream_sim import Simulator, SimulatorConfig  # noqa: E402
 
 MB = 1_000_000
 MIB = 1 << 20
@@ -192,7 +192,7 @@ def role_simulator(args: argparse.Namespace) -> int:
     sim = Simulator(SimulatorConfig(rate=args.rate, total_hits=total))
     # Build (and for rate=0 pre-compress) the whole corpus before anyone connects, so the
     # first seconds of a run measure the client, not the simulator warming up.
-    sim._log.corpus.build_all(precompress=args.rate <= 0)
+    sim.corpus.build_all(precompress=args.rate <= 0)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with sim:
         urls = {"stream_url": sim.stream_url, "token_url": sim.token_url}

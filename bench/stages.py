@@ -39,7 +39,7 @@ from confluent_kafka import Producer  # noqa: E402
 
 from bridge.decode import RecordDecoder  # noqa: E402
 from bridge.dedupe import HitIdWindow  # noqa: E402
-from bridge.simulator import Simulator, SimulatorConfig  # noqa: E402
+from livestream_sim import Simulator, SimulatorConfig  # noqa: E402
 
 CHUNK = 64 * 1024
 
@@ -60,7 +60,7 @@ def best_of(
 
 def corpus(hits: int) -> list[bytes]:
     sim = Simulator(SimulatorConfig(total_hits=hits))
-    body = sim._log.corpus.plain(range(hits), [1_770_000_000] * hits, {})
+    body = sim.corpus.plain(range(hits), [1_770_000_000] * hits, {})
     return body.split(b"\r\n")[:-1]
 
 

@@ -22,12 +22,13 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, TypeGuard
 
 from bridge import __version__
-from bridge.config import INSECURE_HTTP_VAR, Settings, cleartext_urls, load_settings, masked
+from bridge.config import INSECURE_HTTP_VAR, Settings, cleartext_urls
+from bridge.configload import load_settings, masked
 from bridge.errors import (
     AuthError,
     ConfigError,
@@ -56,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--env-file", default=".env", help="optional .env file (default .env)")
-    sub = parser.add_subparsers(dest="command")
+    sub = parser.add_subparsers(dest="command", parser_class=_LazyParser)
     sub.add_parser("run", help="run the bridge").set_defaults(handler=_run)
     sub.add_parser(
         "check-config", help="validate settings and print them with secrets masked"
@@ -71,12 +72,46 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print the local bridge's /status as a table")
     status.add_argument("--url", default=None, help="default: http://127.0.0.1:$BRIDGE_HTTP__PORT")
     status.set_defaults(handler=_status)
-    simulate = sub.add_parser("simulate", help="run the Live Stream simulator")
-    from bridge import simulator
-
-    simulator.add_arguments(simulate)
-    simulate.set_defaults(handler=simulator.run)
+    simulate = sub.add_parser(
+        "simulate", help="run the Live Stream simulator", add_arguments=_simulator_flags
+    )
+    simulate.set_defaults(handler=_simulate)
     return parser
+
+
+class _LazyParser(argparse.ArgumentParser):
+    """A subcommand's parser that adds its arguments only when that subcommand is parsed,
+    so ``run`` never imports what only ``simulate`` needs (the simulator is no part of the
+    bridge)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+        return super().parse_known_args(args, namespace)
+
+
+def _simulator_flags(parser: argparse.ArgumentParser) -> None:
+    from livestream_sim.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from livestream_sim.cli import run
+
+    return run(args)
 
 
 def _settings(args: argparse.Namespace) -> Settings | int:

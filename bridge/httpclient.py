@@ -1,5 +1,22 @@
 """The bridge's HTTP clients, built in one place: Live Stream's and the token endpoint's.
 
+Every client comes from ``_client`` here: redirects are never followed by httpx (ours are
+checked first, see below; the token endpoint has none to follow), no connection is kept
+alive, and TLS trusts the CAs that ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` name. What differs,
+on purpose:
+
+=================  =========================  ==========================================
+                   Live Stream (UpstreamHttp)  token endpoint (``token_client``)
+=================  =========================  ==========================================
+timeouts           the settings' (the read     ``TOKEN_TIMEOUT_S`` for everything
+                   timeout is the stall
+                   watchdog)
+proxy from env     never (it would hide our    yes, as any client: nothing rides on
+                   FIN from Adobe)             how that connection ends
+HTTP version       1.1 only                    httpx's default (1.1)
+connections        a cancellable backend       httpx's own
+=================  =========================  ==========================================
+
 The Live Stream client follows the rules of the stream:
 
 - a fresh TCP connection for every attempt, never keep-alive: a pooled socket reused after
@@ -287,12 +304,7 @@ class UpstreamHttp:
             write=settings.connect_timeout_s,
             pool=settings.connect_timeout_s,
         )
-        self.client = httpx.Client(
-            transport=_Transport(self.backend),
-            timeout=self.timeout,
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.client = _client(self.timeout, transport=_Transport(self.backend), from_env=False)
 
     def arm(self) -> None:
         """A new attempt begins (see ``CancellableBackend.arm``)."""
@@ -354,10 +366,24 @@ class UpstreamHttp:
 def token_client() -> httpx.Client:
     """The client for the IMS token endpoint: short timeouts, no redirects, no keep-alive
     (a token is fetched about once a day, a pooled socket would only idle)."""
+    return _client(httpx.Timeout(TOKEN_TIMEOUT_S), from_env=True)
+
+
+def _client(
+    timeout: httpx.Timeout, *, from_env: bool, transport: httpx.HTTPTransport | None = None
+) -> httpx.Client:
+    """The one place an ``httpx.Client`` is configured (the table in the module docstring).
+
+    ``from_env``: proxies from the environment apply (CAs from it apply either way: the
+    Live Stream transport builds its TLS context from the environment itself).
+    """
     return httpx.Client(
-        timeout=httpx.Timeout(TOKEN_TIMEOUT_S),
+        transport=transport,
+        timeout=timeout,
         follow_redirects=False,
+        # A transport of our own carries its own pool (no keep-alive there either).
         limits=httpx.Limits(max_keepalive_connections=0),
+        trust_env=from_env,
     )
 
 

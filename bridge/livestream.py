@@ -14,9 +14,7 @@ client comes from ``bridge.httpclient`` and is this object's own: nothing else m
 
 from __future__ import annotations
 
-import contextlib
 import random
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +23,8 @@ from typing import Any, Protocol
 import httpx
 
 from bridge.auth import TokenProvider
+from bridge.cancel import Cancel
+from bridge.cleanclose import StreamClose
 from bridge.config import AuthSettings, LivestreamSettings
 from bridge.decode import OversizedRecord, RecordDecoder
 from bridge.errors import AuthError, FatalUpstreamError, UpstreamError, UpstreamLost
@@ -52,7 +52,7 @@ __all__ = [
 log = EventLog("bridge.livestream")
 
 _DESCRIPTION_LIMIT = 300
-_POLL_S = 0.1  # how often the stop watcher and an external sleep_event are looked at
+_POLL_S = 0.1  # how often an external sleep_event is looked at
 _READY_POLL_S = 0.5
 
 
@@ -107,14 +107,9 @@ class Upstream:
         self._rules = StatusRules(renewable_token=tokens.renewable)
         self._answers = AnswerReport(metrics, settings.url)
         self._sleep = sleep_event
-        self._lock = threading.Lock()
+        self._close = StreamClose(self._http.cancel)
         self._state = "idle"
         self._connection_id = 0
-        self._sock: socket.socket | None = None  # the socket of the stream being read
-        self._in_sink = False  # the reader is inside sink.chunk, not in recv
-        self._close_request: str | None = None  # why we are closing the current stream
-        self._forced = False  # the linger ran out: the close was abortive, not clean
-        self._linger: threading.Timer | None = None
         self._closed_at: float | None = None  # monotonic end of the last connection
         self._waiting_as = "waiting_grace"  # the metric's state for the next wait
         self._reported = "standby"
@@ -141,8 +136,8 @@ class Upstream:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def run(self, sink: ChunkSink, stop: threading.Event, *, first_delay: float = 0.0) -> None:
-        """Connect, stream into ``sink`` and reconnect by the rules until ``stop`` is set.
+    def run(self, sink: ChunkSink, stop: Cancel, *, first_delay: float = 0.0) -> None:
+        """Connect, stream into ``sink`` and reconnect by the rules until ``stop`` fires.
 
         Raises ``FatalUpstreamError`` for statuses that retrying cannot fix and
         ``AuthError`` when the credentials are refused for good (by the token endpoint,
@@ -150,11 +145,9 @@ class Upstream:
         that ended moments ago, in an earlier call, still delays the first attempt to
         ``reconnect_grace_s`` after its end.
         """
-        done = threading.Event()
-        watcher = threading.Thread(
-            target=self._watch_stop, args=(stop, done), name="upstream-stop", daemon=True
-        )
-        watcher.start()
+        # A silent stream blocks in recv, a pending request waits for headers: the firing
+        # thread closes either at once (``disconnect`` is cheap and never blocks).
+        unsubscribe = stop.subscribe(self.disconnect)
         self._waiting_as = "waiting_grace"
         try:
             delay = first_delay
@@ -176,7 +169,7 @@ class Upstream:
         else:
             self._report("standby")  # told to stop: leadership lost, or shutting down
         finally:
-            done.set()
+            unsubscribe()
             self._state = "idle"
             self._metrics.upstream_connected.set(0)
 
@@ -193,50 +186,15 @@ class Upstream:
         Before streaming (connecting, or waiting for the response headers): the pending
         connection is shut down at once and the attempt ends without ``sink.opened``.
         """
-        with self._lock:
-            if self._close_request is None:
-                self._close_request = reason
-            sock = self._sock
-            if sock is None:
-                # No stream yet: whatever is being connected is ours to cut. A cancel
-                # between attempts is harmless: the next attempt re-arms the backend.
-                pending = self._http.cancel()
-            elif self._linger is not None:
-                return  # already closing
-            else:
-                pending = False
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_WR)
-                self._linger = threading.Timer(self.close_linger_s, self._force_close, (sock,))
-                self._linger.daemon = True
-                self._linger.start()
-        if sock is not None or pending:
+        if self._close.request(reason, self.close_linger_s):
             log.info("upstream.disconnect", reason=reason, connection_id=self._connection_id)
-
-    def _force_close(self, sock: socket.socket) -> None:
-        with self._lock:
-            if self._sock is not sock:
-                return  # that stream ended in time
-            self._forced = True
-            shutdown(sock)
-            if self._in_sink:  # not in recv: closing cannot race a read of the fd
-                sock.close()
-        log.warning("upstream.close_forced", linger_s=self.close_linger_s)
-
-    def _watch_stop(self, stop: threading.Event, done: threading.Event) -> None:
-        # A silent stream blocks in recv, a pending request waits for headers; stop must
-        # still end either promptly.
-        while not done.is_set():
-            if stop.wait(_POLL_S):
-                self.disconnect("stop")
-                return
 
     def _report(self, state: str, backoff_s: float = 0.0) -> None:
         self._reported = state
         self._metrics.set_upstream_state(state)
         self._metrics.upstream_backoff.set(backoff_s)
 
-    def _wait(self, stop: threading.Event, delay: float) -> bool:
+    def _wait(self, stop: Cancel, delay: float) -> bool:
         """Wait ``delay`` seconds; True if ``stop`` was set meanwhile."""
         self._state = "waiting"
         self._report(self._waiting_as, delay)
@@ -250,7 +208,7 @@ class Upstream:
                 break
         return stop.is_set()
 
-    def _await_ready(self, sink: ChunkSink, stop: threading.Event) -> bool:
+    def _await_ready(self, sink: ChunkSink, stop: Cancel) -> bool:
         self._state = "waiting"
         told = False
         while not stop.is_set():
@@ -266,14 +224,12 @@ class Upstream:
 
     # -- one attempt ------------------------------------------------------------------
 
-    def _attempt(self, sink: ChunkSink, stop: threading.Event) -> float:
+    def _attempt(self, sink: ChunkSink, stop: Cancel) -> float:
         """One connection attempt; returns the delay before the next one."""
-        with self._lock:
-            self._connection_id += 1
-            self._close_request, self._forced = None, False
-            self._http.arm()
+        self._connection_id += 1
+        self._close.reset(self._http.arm)
         cid = self._connection_id
-        if stop.is_set():  # set before the arm: the watcher's cancel may have been undone
+        if stop.is_set():  # fired before the arm: its disconnect's cancel was undone
             return 0.0
         self._state = "connecting"
         self._report("connecting")
@@ -284,15 +240,13 @@ class Upstream:
         self._secrets.add(token)  # whatever provider made it, it is scrubbed from here on
         return self._request(cid, token, sink, stop)
 
-    def _request(self, cid: int, token: str, sink: ChunkSink, stop: threading.Event) -> float:
+    def _request(self, cid: int, token: str, sink: ChunkSink, stop: Cancel) -> float:
         try:
             response = self._http.open(token, self._client_id)
         except RedirectRefused as exc:
             return self._retry(cid, 302, "retry", error=str(exc))
         except httpx.HTTPError as exc:
-            with self._lock:
-                closing = self._closing(stop)
-            if closing is not None:
+            if (closing := self._close.why_ending(stop)) is not None:
                 return self._cancelled(cid, None, closing)
             return self._retry(cid, None, "error", error=self._describe(exc))
         try:
@@ -301,11 +255,6 @@ class Upstream:
             return self._rejected(cid, response)
         finally:
             response.close()
-
-    def _closing(self, stop: threading.Event) -> str | None:
-        """Why the current attempt is to end (stop, or a disconnect), if it is; the caller
-        holds the lock when the answer must stay true."""
-        return self._close_request or ("stop" if stop.is_set() else None)
 
     def _cancelled(self, cid: int, status: int | None, reason: str) -> float:
         # The request may have reached Adobe (and been admitted): count it as a drop, so
@@ -318,14 +267,9 @@ class Upstream:
         _log_attempt(log.info, cid, status, "cancelled", delay, reason=reason)
         return delay
 
-    def _stream(
-        self, cid: int, response: httpx.Response, sink: ChunkSink, stop: threading.Event
-    ) -> float:
+    def _stream(self, cid: int, response: httpx.Response, sink: ChunkSink, stop: Cancel) -> float:
         sock = socket_of(response)
-        with self._lock:
-            if (closing := self._closing(stop)) is None:
-                self._sock = sock
-        if closing is not None:
+        if (closing := self._close.attach(sock, stop)) is not None:
             # Headers that arrive after stop or disconnect: a deposed leader must not
             # complete a connection it no longer owns. Cut it without reading the body.
             if sock is not None:
@@ -343,14 +287,9 @@ class Upstream:
         started, nbytes, reason = time.monotonic(), 0, "error"  # "error": the sink raised
         try:
             sink.opened(cid)
-            reason, nbytes = self._pump(response, sink, stop)
+            reason, nbytes = self._forward(response, sink)
         finally:
-            with self._lock:
-                self._sock = None
-                requested, forced, linger = self._close_request, self._forced, self._linger
-                self._linger = None
-            if linger is not None:
-                linger.cancel()
+            requested, forced = self._close.detach()
             if sock is not None:
                 shutdown(sock)
             response.close()
@@ -376,9 +315,7 @@ class Upstream:
         )
         return delay
 
-    def _pump(
-        self, response: httpx.Response, sink: ChunkSink, stop: threading.Event
-    ) -> tuple[str, int]:
+    def _forward(self, response: httpx.Response, sink: ChunkSink) -> tuple[str, int]:
         """Move body bytes to the sink until the stream ends: (why, bytes read).
 
         Once a close is under way (``disconnect``), what still arrives goes to the sink
@@ -390,11 +327,8 @@ class Upstream:
             for data in response.iter_raw():
                 nbytes += len(data)
                 self._metrics.bytes_compressed.inc(len(data))
-                with self._lock:
-                    closing = self._close_request is not None
-                    if closing and self._sock is None:
-                        return "closed", nbytes  # no socket to half-close: just close
-                    self._in_sink = deliver
+                if not self._close.entering_sink(deliver):
+                    return "closed", nbytes  # no socket to half-close: just close
                 if not deliver:
                     continue
                 try:
@@ -403,12 +337,9 @@ class Upstream:
                     self.disconnect(str(exc))
                     more, deliver = False, False
                 finally:
-                    with self._lock:
-                        self._in_sink = False
+                    self._close.left_sink()
                 if not more:
                     self.disconnect("sink")  # a no-op when already closing: keep closing
-                elif stop.is_set():
-                    self.disconnect("stop")
         except httpx.ReadTimeout:
             return "stall", nbytes
         except httpx.HTTPError as exc:

@@ -1,12 +1,12 @@
 """Live Stream records into Kafka, exactly once, through Kafka transactions.
 
-One :class:`Publisher` per replica. ``begin`` makes a transactional producer (its
-``init_transactions`` fences any older writer with the same ``transactional.id``), seeds
-the dedupe window from the tail of the hits topic and opens a transaction.
-``publish_many`` turns each record into one message (value untouched) or one dead-letter
-message, in the same transaction; ``maybe_commit`` commits on time or size. The
-transactions themselves, kept messages, replays after an abort and outage handling, are
-:class:`bridge.transactions.TransactionalWriter`'s.
+One :class:`Publisher` per replica. ``begin`` has its writer make a transactional producer
+(its ``init_transactions`` fences any older writer with the same ``transactional.id``),
+seeds the dedupe window from the tail of the hits topic (:mod:`bridge.seed`) and opens a
+transaction. ``publish_many`` classifies each record (:mod:`bridge.classify`), drops
+replays (:mod:`bridge.dedupe`) and hands one message per record, a hit (value untouched)
+or a dead letter, to the writer (:mod:`bridge.transactions`), which owns the transaction:
+kept messages, counts, commits, replays after an abort, outages.
 """
 
 from __future__ import annotations
@@ -16,32 +16,44 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaException
+from confluent_kafka import Producer
 
+from bridge.batch import FULL, REFUSED, TAKEN, Added
+from bridge.classify import (
+    MISSING_HIT_ID,
+    NOT_JSON,
+    NOT_OBJECT,
+    OVERSIZED,
+    Header,
+    dead_letter,
+    received_at_header,
+    visitor_key,
+)
 from bridge.config import KafkaSettings, PublishSettings
+from bridge.decode import OversizedRecord
 from bridge.dedupe import HitIdWindow, hit_id_key, hit_id_text
 from bridge.election.base import Fencing
 from bridge.errors import PublishError
+from bridge.kafkaclients import ProducerFactory
 from bridge.observability import EventLog, Metrics
-from bridge.tail import read_hit_ids
-from bridge.topics import MESSAGE_MAX_BYTES, Probe, ensure_topics, topic_message_limit
-from bridge.transactions import OPEN, TXN_MAX_BYTES, Header, TransactionalWriter
+from bridge.seed import read_hit_ids
+from bridge.topics import Probe, ensure_topics, topic_message_limit
+from bridge.transactions import OPEN, TransactionalWriter
 
 __all__ = ["Fencing", "Publisher"]
 
 log = EventLog("bridge.publish")
 
 # Seeding reads 45-70k ids/s of 1.8 KB hits on the 2-core test machine: 10k hits/s over the
-# default 300 s (3M ids) takes 45-70 s. A read that stalls ends sooner (tail.STALL_S).
+# default 300 s (3M ids) takes 45-70 s. A read that stalls ends sooner (seed.STALL_S).
 SEED_TIMEOUT_S = 300.0
-DLQ_HEAD_BYTES = 64 * 1024  # how much of an oversized record the dead-letter topic keeps
 SAMPLE_EVERY = 16  # publish latency is observed on every 16th record
 
 _loads, _JSONError = orjson.loads, orjson.JSONDecodeError
 _U64 = (1 << 64) - 1
 
 
-class Publisher(TransactionalWriter):
+class Publisher:
     """Records in, Kafka messages out; one open transaction at a time (see module doc)."""
 
     def __init__(
@@ -52,8 +64,12 @@ class Publisher(TransactionalWriter):
         *,
         report_suite: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        producer_factory: ProducerFactory = Producer,
     ) -> None:
-        super().__init__(kafka, publish, metrics, clock=clock)
+        self._writer = TransactionalWriter(
+            kafka, publish, metrics, clock=clock, producer_factory=producer_factory
+        )
+        self._kafka, self._cfg, self._metrics = kafka, publish, metrics
         self._topic, self._dlq = kafka.topic, kafka.dlq_topic
         self._suite = report_suite
         self._visitor_key = publish.key == "visitor"
@@ -63,12 +79,14 @@ class Publisher(TransactionalWriter):
         # The received-at header of the last read time (every record of a chunk shares it).
         self._ms_for: tuple[float, Header] = (-1.0, ("received-at", ""))
         self._suite_header: Header = ("report-suite", "")
-        self._n |= {
+        self._n = {
             "records_deduplicated": 0,
             "dedupe_seeded": 0,
             "dedupe_seed_partitions_failed": 0,
         }
-        self._retry_id: tuple[int, int] | None = None  # see _send_hit
+        # A hit whose id went into the window but Kafka did not take: offered again after
+        # the outage, it is not a replay (dropping it would lose it).
+        self._retry_id: tuple[int, int] | None = None
         metrics.dedupe_window_capacity.set(max(0, publish.dedupe_window))
         metrics.dedupe_window_ids.set_function(self._window_ids)
 
@@ -82,18 +100,10 @@ class Publisher(TransactionalWriter):
 
     def begin(self, fencing: Fencing | None) -> None:
         """Fence older writers, seed the dedupe window, open a transaction."""
-        self._start(fencing)
         self._retry_id = None
-        limit = topic_message_limit(self._kafka, self._topic)
-        if limit is not None:  # leave room for the batch and record framing
-            self._max_bytes = max(1000, min(MESSAGE_MAX_BYTES, limit - 512))
-        try:
-            self._new_producer(deadline=time.monotonic() + max(30.0, self._cfg.kafka_outage_s))
-        except PublishError:
-            self._trouble()  # a leader that cannot start a writer: Kafka takes no data
-            raise
+        self._writer.start(fencing, topic_message_limit(self._kafka, self._topic))
         self._seed()
-        self._open()
+        self._writer.open()
 
     def _drop_window(self) -> None:
         # The window is only right for one term (begin() seeds a new one): free ~114 MB now.
@@ -145,33 +155,34 @@ class Publisher(TransactionalWriter):
         On ``PublishError`` the records before its ``resume_at`` were taken and the one at
         ``resume_at`` was not: call again with ``start=exc.resume_at``.
         """
-        # The hot path: one JSON parse (it is also the validation), the id, key and header
-        # rules inlined for the forms Live Stream sends (the general helpers in
-        # bridge.dedupe handle the rest identically), one produce. Nothing else is
-        # allocated per record.
-        window, kept, topic, stamps = self._window, self._kept, self._topic, self._txn_stamps
-        visitor_key, default_suite = self._visitor_key, self._suite
+        # The hot path: one JSON parse (it is also the validation), the rules of
+        # bridge.classify inlined for the forms Live Stream sends (its helpers handle the
+        # rest identically), one call of the writer. Nothing else is allocated per record.
+        window, topic, writer = self._window, self._topic, self._writer
+        add, oversized_type = writer.add, OversizedRecord
+        visitor_keyed, default_suite = self._visitor_key, self._suite
         last, stamp = self._ms_for
         if received_at != last:
-            stamp = ("received-at", str(int(received_at * 1000)))
+            stamp = received_at_header(received_at)
             self._ms_for = (received_at, stamp)
+        received_ms = stamp[1]
         resume_at = start
         try:
             for i in range(start, len(records)):
                 resume_at = i
                 record = records[i]
-                if self._state is not OPEN:
-                    self._settle()
-                if type(record) is not bytes and hasattr(record, "size"):
-                    self._dead_letter(record, "oversized", received_at, int(record.size))
+                if writer.state is not OPEN:
+                    writer.settle()
+                if type(record) is oversized_type:
+                    self._dead_letter(record, OVERSIZED, received_ms, record.size)
                     continue
                 try:
                     obj = _loads(record)
                 except _JSONError:
-                    self._dead_letter(record, "not_json", received_at)
+                    self._dead_letter(record, NOT_JSON, received_ms)
                     continue
                 if type(obj) is not dict:
-                    self._dead_letter(record, "not_object", received_at)
+                    self._dead_letter(record, NOT_OBJECT, received_ms)
                     continue
                 get = obj.get
                 high: Any = get("hitIdHigh")
@@ -199,7 +210,7 @@ class Publisher(TransactionalWriter):
                     ids = hit_id_key(high, low)
                     if ids is None:
                         if self._cfg.require_hit_id:
-                            self._dead_letter(record, "missing_hit_id", received_at)
+                            self._dead_letter(record, MISSING_HIT_ID, received_ms)
                             continue
                         n_high = n_low = -1
                     else:
@@ -215,16 +226,14 @@ class Publisher(TransactionalWriter):
                         self._retry_id = None  # offered again after an outage: not a replay
                     headers = [("hit-id", text or hit_id_text(high, low) or "")]
                 key = None
-                if visitor_key:
+                if visitor_keyed:
                     vh, vl = get("visIdHigh"), get("visIdLow")
                     if ((type(vh) is str and vh) or type(vh) is int) and (
                         (type(vl) is str and vl) or type(vl) is int
                     ):
                         key = f"{vh}:{vl}"
                     else:
-                        key = hit_id_text(vh, vl) or hit_id_text(
-                            get("mcVisIdHigh"), get("mcVisIdLow")
-                        )
+                        key = visitor_key(obj)
                 suite = get("reportSuite") or default_suite
                 if suite:
                     if type(suite) is not str:
@@ -234,90 +243,61 @@ class Publisher(TransactionalWriter):
                         suite_header = self._suite_header = ("report-suite", suite)
                     headers.append(suite_header)
                 headers.append(stamp)
-                self._txn_hits += 1
                 seq = self._seq = self._seq + 1
-                if seq % SAMPLE_EVERY and kept:  # the first of a transaction: see _send
-                    try:
-                        self._produce(topic, record, key, headers=headers)
-                    except (BufferError, KafkaException):
-                        self._send_hit(topic, record, key, headers, high=n_high, low=n_low)
-                    else:
-                        kept.append((topic, record, key, tuple(headers), None))
-                        self._txn_bytes += len(record)
-                        stamps.append(get("receivedTimeGMT") or get("timeGMT"))
-                else:
-                    sampled = None if seq % SAMPLE_EVERY else received_at
-                    if self._send_hit(
-                        topic, record, key, headers, high=n_high, low=n_low, sampled_at=sampled
-                    ):
-                        stamps.append(get("receivedTimeGMT") or get("timeGMT"))
-                if len(kept) >= self._max_records or self._txn_bytes >= TXN_MAX_BYTES:
-                    resume_at = i + 1  # taken: if the commit fails, it must not come again
-                    self.commit()
+                try:
+                    added = add(
+                        topic,
+                        record,
+                        key,
+                        headers,
+                        None,
+                        get("receivedTimeGMT") or get("timeGMT"),
+                        None if seq % SAMPLE_EVERY else received_at,
+                    )
+                except PublishError:
+                    # Its id is in the window now: see _retry_id.
+                    self._retry_id = (n_high, n_low) if n_high >= 0 else None
+                    raise
+                if added is not TAKEN:
+                    if added is REFUSED:  # too large for the topic: a dead letter instead
+                        added = self._dead_letter(record, OVERSIZED, received_ms, len(record))
+                    if added is FULL:
+                        resume_at = i + 1  # taken: if the commit fails, it must not come again
+                        writer.commit()
         except PublishError as exc:
             exc.resume_at = resume_at
             raise
 
-    def _send_hit(
-        self,
-        topic: str,
-        record: bytes,
-        key: str | None,
-        headers: list[Header],
-        *,
-        high: int,
-        low: int,
-        sampled_at: float | None = None,
-    ) -> bool:
-        """``_send`` for a hit whose id (if any, ``high`` >= 0) is already in the window;
-        True when it went as a hit, False when it was dead-lettered as too large.
-
-        If Kafka does not take the hit, the id is remembered: the caller offers the same
-        record again after the outage, and that must not count as a replay (a loss).
-        """
-        try:
-            taken = self._send(topic, record, key, headers, None, sampled_at=sampled_at)
-        except PublishError:
-            self._txn_hits -= 1  # counted by the caller, not taken
-            self._retry_id = (high, low) if high >= 0 else None
-            raise
-        if not taken:  # too large for the topic: a dead letter instead of a hit
-            self._txn_hits -= 1
-            self._dead_letter(record, "oversized", headers[-1][1], len(record))
-        return taken
-
-    def _received_ms(self, received_at: float) -> str:
-        # The pump stamps every record of a chunk with one time: format it once.
-        last, stamp = self._ms_for
-        if received_at != last:
-            stamp = ("received-at", str(int(received_at * 1000)))
-            self._ms_for = (received_at, stamp)
-        return stamp[1]
-
     def _dead_letter(
-        self, record: bytes, reason: str, received_at: float | str, size: int | None = None
-    ) -> None:
-        if not isinstance(received_at, str):
-            received_at = self._received_ms(received_at)
-        headers = [("reason", reason), ("received-at", received_at)]
-        value = bytes(record)
-        room = self._max_bytes - 2048  # whatever the reason, the DLQ message must fit
-        if size is not None or len(value) > room:
-            value = value[: min(DLQ_HEAD_BYTES, room) if size is not None else room]
-            headers.append(("original-size", str(len(record) if size is None else size)))
-        if self._send(self._dlq, value, None, headers, reason):
-            self._txn_dlq[reason] += 1  # only once taken: a raise means it comes again
+        self, record: bytes, reason: str, received_ms: str, size: int | None = None
+    ) -> Added:
+        value, headers = dead_letter(record, reason, received_ms, self._writer.max_bytes, size)
+        return self._writer.add(self._dlq, value, None, headers, reason)
+
+    # -- transactions -----------------------------------------------------------------------
+
+    def maybe_commit(self) -> None:
+        """Commit when due; one bounded attempt only, so the caller stays responsive."""
+        self._writer.maybe_commit()
+
+    def commit(self) -> None:
+        """Commit the open transaction now (waits through retriable errors)."""
+        self._writer.commit()
+
+    def unreachable_for(self) -> float:
+        """Seconds Kafka has been failing to take data; 0.0 while it takes data."""
+        return self._writer.unreachable_for()
 
     # -- shutdown ---------------------------------------------------------------------------
 
     def abort(self) -> None:
         """Abandon the open transaction (we no longer lead) and the producer. Never raises."""
-        super().abort()
+        self._writer.abort()
         self._drop_window()
 
     def close(self, timeout: float) -> None:
         """Commit what is open if possible, else abort; never raises."""
-        super().close(timeout)
+        self._writer.close(timeout)
         self._drop_window()
 
     def _window_ids(self) -> float:
@@ -326,10 +306,11 @@ class Publisher(TransactionalWriter):
 
     @property
     def counters(self) -> dict[str, float]:
-        out: dict[str, float] = {k: float(v) for k, v in self._n.items()}
-        out["open_transaction_records"] = float(len(self._kept))
-        producer = self._producer  # read from the HTTP thread
-        out["producer_queue"] = float(len(producer)) if producer is not None else 0.0
+        writer = self._writer
+        out = writer.totals()
+        out.update((k, float(v)) for k, v in self._n.items())
+        out["open_transaction_records"] = float(writer.open_records())
+        out["producer_queue"] = float(writer.producer_queue())
         out["dedupe_window_ids"] = self._window_ids()
-        out["unreachable_for_s"] = round(self.unreachable_for(), 3)
+        out["unreachable_for_s"] = round(writer.unreachable_for(), 3)
         return out

@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -26,26 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.kafkautil import Record, read_all
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(step)
+from tests.testutil import free_port, wait_until
 
 
 def bridge_env(
@@ -179,8 +161,9 @@ class BridgeProc:
 def hit_ids(records: Iterable[Record]) -> list[str]:
     out = []
     for rec in records:
-        headers = dict(rec.headers or [])
-        out.append(headers["hit-id"].decode())
+        hit_id = dict(rec.headers or [])["hit-id"]
+        assert hit_id is not None, rec
+        out.append(hit_id.decode())
     return out
 
 
@@ -362,7 +345,9 @@ class Zombies:
 
 def broker_log_dir(bootstrap: str) -> Path | None:
     """The broker's log.dirs if it is a local directory (a single-node broker), else None."""
-    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._config import ConfigResource  # not re-exported for mypy
+    from confluent_kafka.admin._resource import ResourceType
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     try:

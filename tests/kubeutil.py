@@ -9,7 +9,6 @@ one client that goes through it.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import select
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.harness import wait_until as harness_wait_until
+from tests.testutil import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 KUBE_LOCAL = ROOT / "scripts" / "kube-local"
@@ -47,10 +46,6 @@ def parse_env(text: str) -> dict[str, str]:
         if sep and key.startswith("KUBE_LOCAL_"):
             out[key] = value.strip().strip("'\"")
     return out
-
-
-# Lease timings in these tests are sub-second: poll faster than the process tests do.
-wait_until = functools.partial(harness_wait_until, step=0.02)
 
 
 def unique(prefix: str) -> str:

@@ -15,11 +15,10 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 import bridge.outcome as outcome_mod
 import bridge.publish as publish_mod
-import bridge.transactions as transactions_mod
 from bridge.config import KafkaSettings, PublishSettings
 from bridge.observability import Metrics
 from bridge.publish import Publisher
-from bridge.tail import SeedResult
+from bridge.seed import SeedResult
 from tests.kafkautil import Record
 
 # -- realistic hits ------------------------------------------------------------------------
@@ -163,7 +162,6 @@ class FakeClock:
 def fake_fixture(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeProducer]]:
     FakeProducer.instances = []
     FakeProducer.script = {}
-    monkeypatch.setattr(transactions_mod, "Producer", FakeProducer)
     # The fake's failing commit_transaction never commits: a fatal one left nothing behind.
     monkeypatch.setattr(outcome_mod, "committed_at", lambda *a, **k: False)
     monkeypatch.setattr(publish_mod, "read_hit_ids", lambda *a, **k: SeedResult())
@@ -177,7 +175,14 @@ def fake_publisher(
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic="hits", dlq_topic="dlq")
     metrics = Metrics()
     settings = PublishSettings(**{"dedupe_window": 1000, **publish})
-    pub = Publisher(kafka, settings, metrics, report_suite=report_suite, clock=clock or FakeClock())
+    pub = Publisher(
+        kafka,
+        settings,
+        metrics,
+        report_suite=report_suite,
+        clock=clock or FakeClock(),
+        producer_factory=FakeProducer,
+    )
     return pub, metrics
 
 

@@ -33,10 +33,11 @@ from bridge.config import KafkaSettings, PublishSettings
 from bridge.errors import KafkaSetupError
 from bridge.observability import Metrics
 from bridge.publish import Publisher
-from bridge.simulator import Simulator, SimulatorConfig
-from tests.harness import BridgeProc, OwnBroker, bridge_env, free_port
+from livestream_sim import Simulator, SimulatorConfig
+from tests.harness import BridgeProc, OwnBroker, bridge_env
 from tests.kafkautil import admin_client, create_topic
 from tests.publishing import NOW
+from tests.testutil import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 

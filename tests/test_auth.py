@@ -17,6 +17,7 @@ from bridge.auth import OAuthTokens, StaticToken, make_token_provider
 from bridge.config import AuthSettings
 from bridge.errors import AuthError, UpstreamLost
 from bridge.observability import Metrics
+from tests.testutil import free_port
 
 SECRET = "s3cr3t-client-secret-value"
 
@@ -182,11 +183,7 @@ def test_server_errors_are_retriable(
 
 def test_unreachable_endpoint_is_retriable(http: httpx.Client) -> None:
     """A token endpoint nobody listens on raises UpstreamLost without the secret in it."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = AuthSettings(
         token_url=f"http://127.0.0.1:{port}/token", client_id="c", client_secret=SECRET
     )

@@ -22,16 +22,15 @@ from bridge.cli import status_table
 from bridge.config import Settings
 from bridge.observability import EventLog, HttpEndpoint, Metrics, State
 from bridge.secrets import Secrets
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     bridge_env,
-    free_port,
     log_events,
     metric_value,
     scrape,
-    wait_until,
 )
+from tests.testutil import free_port, wait_until
 
 OAUTH_CONFIG = "clientId=app clientSecret=oauth-config-distinct"
 PEM = "-----BEGIN PRIVATE KEY-----\nMIIpem-distinct\n-----END PRIVATE KEY-----"
@@ -107,6 +106,50 @@ def run_cli(*args: str, port: int | None = None) -> subprocess.CompletedProcess[
         env["BRIDGE_HTTP__PORT"] = str(port)
     command = [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", *args]
     return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=30)
+
+
+_IMPORTS_PROBE = """
+import importlib, json, pkgutil, sys
+import bridge
+from bridge import cli
+
+def sim_modules():
+    return sorted(m for m in sys.modules if m.partition(".")[0] == "livestream_sim")
+
+for info in pkgutil.walk_packages(bridge.__path__, "bridge."):
+    importlib.import_module(info.name)
+parser = cli._parser()
+for argv in (["run"], ["check-config"], ["tail"], ["health"], ["status"]):
+    parser.parse_args(argv)
+code = cli.main(["--env-file", "/nonexistent", "check-config"])
+before = sim_modules()
+parser.parse_args(["simulate", "--rate", "0"])
+print(json.dumps({"check_config": code, "before": before, "after": sim_modules()}))
+"""
+
+
+def test_only_the_simulate_command_imports_the_simulator() -> None:
+    """Importing every bridge module, building the CLI's parser, parsing every other command
+    and running check-config leave livestream_sim unimported (``run`` must not load the
+    simulator); parsing ``simulate`` is what imports it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env |= {"BRIDGE_LIVESTREAM__URL": "https://stream.example/api/1/stream/x"}
+    env |= {"BRIDGE_AUTH__ACCESS_TOKEN": "static-token-distinct"}
+    env |= {"BRIDGE_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:9092"}
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_PROBE],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
+    assert seen["check_config"] == 0, done.stderr
+    assert seen["before"] == []
+    assert "livestream_sim.server" in seen["after"]
 
 
 def table(out: str) -> dict[str, str]:

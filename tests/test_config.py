@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import env_table, known_env_names, load_settings, masked, secret_env_names
+from bridge.configload import (
+    env_table,
+    known_env_names,
+    load_settings,
+    masked,
+    secret_env_names,
+)
 from bridge.errors import ConfigError
 from bridge.secrets import secret_values
 

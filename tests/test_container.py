@@ -240,7 +240,7 @@ def test_bridges_form_one_election_group(compose: dict[str, Any]) -> None:
 
 def test_every_bridge_setting_is_a_known_variable(compose: dict[str, Any]) -> None:
     """No BRIDGE_* name in the compose file is one the bridge would reject as unknown."""
-    from bridge.config import known_env_names
+    from bridge.configload import known_env_names
 
     for name in (*BRIDGES, "tail"):
         for key in compose["services"][name]["environment"]:
@@ -273,7 +273,7 @@ def test_real_stream_overrides_are_optional(compose: dict[str, Any]) -> None:
 
 def test_demo_env_example_names_only_known_settings() -> None:
     """Every variable in deploy/demo.env.example, commented out or not, exists."""
-    from bridge.config import known_env_names
+    from bridge.configload import known_env_names
 
     names = re.findall(r"^#?\s*(BRIDGE_[A-Z_]+)=", DEMO_ENV_EXAMPLE.read_text(), re.MULTILINE)
     assert "BRIDGE_LIVESTREAM__URL" in names
@@ -287,7 +287,7 @@ def test_compose_settings_are_accepted_by_the_bridge(
     """Each bridge process of the compose demo, with the file's defaults, has settings the
     bridge accepts: the simulator's plain-http URLs on another container need the explicit
     cleartext opt-out, and the example for a real stream turns that opt-out off."""
-    from bridge.config import load_settings
+    from bridge.configload import load_settings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("POD_NAME", raising=False)

@@ -237,11 +237,11 @@ def test_batches_are_bounded_by_one_gunzip_step() -> None:
 def test_real_hit_streams_pass_the_ratio_check() -> None:
     """The simulator's hit corpus, which stands for real hits, stays far below the default
     ratio limit, so the bomb check never closes a real stream."""
-    from bridge.simulator import Simulator, SimulatorConfig
+    from livestream_sim import Simulator, SimulatorConfig
 
     hits = 5000
     sim = Simulator(SimulatorConfig(total_hits=hits))
-    body = sim._log.corpus.plain(range(hits), [1_770_000_000] * hits, {})
+    body = sim.corpus.plain(range(hits), [1_770_000_000] * hits, {})
     compressed = gzip.compress(body, compresslevel=9)
     assert len(body) / len(compressed) < 50
     assert len(RecordDecoder(1 << 20).feed(compressed)) == hits

@@ -7,7 +7,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,11 +14,12 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.testutil import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "scripts" / "demo"
@@ -28,15 +28,6 @@ KAFKA_LOCAL = ROOT / "scripts" / "kafka-local"
 HIT_LINE = re.compile(r"^\[tail\] p\d+@\d+ hit=\S+")
 ONE_LEADER = re.compile(r"^\[demo\] status: .* -> leader: (bridge-[ab])$")
 STARTUP_S = 300  # the first broker start may download its jars
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out; distinct, free at the time of asking."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(closing(socket.socket())) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
 
 
 def _alive(pid: int) -> bool:
@@ -97,7 +88,7 @@ class Demo:
     def __init__(self, tmp: Path, seconds: int, *, relay: bool = False) -> None:
         self.dir = tmp / f"demo-{uuid.uuid4().hex[:6]}"
         self.tag = uuid.uuid4().hex
-        kafka, controller, sim, port_a, port_b = _free_ports(5)
+        kafka, controller, sim, port_a, port_b = free_ports(5)
         self.kafka_port, self.port_a, self.port_b = kafka, port_a, port_b
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KAFKA_"))}
         env.pop("POD_NAME", None)

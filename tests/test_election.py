@@ -16,11 +16,12 @@ import pytest
 from bridge.config import Settings
 from bridge.election import make_election
 from bridge.election.base import CONNECTED, RELEASED, Predecessor, Term
-from bridge.election.kafka import KafkaElection, KafkaFencing, Watchdog, assigned_partitions
+from bridge.election.kafka import KafkaElection
+from bridge.election.kafkagroup import KafkaFencing, Watchdog, assigned_partitions
 from bridge.election.none import NoneElection
 from bridge.errors import ElectionError
 from bridge.observability import Metrics, State
-from tests.harness import wait_until
+from tests.testutil import wait_until
 
 GRACE = 60.0
 NOW = 1_800_000_000.0
@@ -92,6 +93,20 @@ def test_term_lose_keeps_the_first_reason() -> None:
     term = Term(3)
     assert term.lose("revoked") and not term.lose("closed")
     assert term.lost.is_set() and term.lost_reason == "revoked"
+
+
+def test_term_lose_runs_lost_subscribers_once_with_the_reason() -> None:
+    """What subscribed to ``lost`` (the upstream, the pipeline) runs once, on ``lose``,
+    and a backend's plain ``lost.set()`` ends the term the same way."""
+    term = Term(4)
+    seen: list[str] = []
+    term.lost.subscribe(seen.append)
+    term.lose("partition lost")
+    term.lose("closed")
+    assert seen == ["partition lost"]
+    other = Term(5)
+    other.lost.set()
+    assert other.lost.is_set() and other.lost_reason == "stop"
 
 
 # -- Predecessor records ------------------------------------------------------------------

@@ -25,6 +25,7 @@ from bridge.election.kafka import KafkaElection
 from bridge.observability import Metrics, State
 from tests.kafkautil import REPO_ROOT, admin_client, delete_topics, unique_topic_name
 from tests.test_election import make_settings
+from tests.testutil import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -81,15 +82,6 @@ def lead_within(replica: KafkaElection, timeout: float) -> Term | None:
         return replica.wait_for_leadership(stop)
     finally:
         timer.cancel()
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        tick.wait(0.02)
 
 
 def joined_behind(standby: KafkaElection, leader: str, timeout: float = 15.0) -> None:

@@ -43,9 +43,9 @@ from tests.kubeutil import (
     bridge_settings,
     kube_local,
     kube_server_from_env,
-    wait_until,
     write_kubeconfig,
 )
+from tests.testutil import wait_until
 
 LEASE_S, RENEW_S, RETRY_S = 3.0, 2.0, 0.5
 FAST = {"lease_duration_s": LEASE_S, "renew_deadline_s": RENEW_S, "retry_period_s": RETRY_S}
@@ -449,7 +449,9 @@ def test_simultaneous_candidates_exactly_one_wins_each_round(
     count = threading.Lock()
 
     def counting(e: KubernetesElection) -> None:
-        call = e._call
+        api = e._api  # every Lease call of a started election goes through its call()
+        assert api is not None
+        call = api.call
 
         def wrapped(*args: Any, **kwargs: Any) -> httpx.Response:
             nonlocal conflicts
@@ -459,7 +461,7 @@ def test_simultaneous_candidates_exactly_one_wins_each_round(
                     conflicts += 1
             return resp
 
-        e._call = wrapped  # type: ignore[method-assign]
+        api.call = wrapped  # type: ignore[method-assign]
 
     for rnd in range(ROUNDS):
         lease = f"race-{rnd}"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Simulator, SimulatorConfig
-from tests.harness import BridgeProc, bridge_env, flowing, wait_until
+from livestream_sim import Simulator, SimulatorConfig
+from tests.harness import BridgeProc, bridge_env, flowing
+from tests.testutil import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     OwnBroker,
@@ -35,10 +35,10 @@ from tests.harness import (
     takeovers,
     wait_for_committed,
     wait_streaming,
-    wait_until,
     zombie_visible,
 )
 from tests.kafkautil import read_all
+from tests.testutil import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

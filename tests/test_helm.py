@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.config import PublishSettings, known_env_names, load_settings, secret_env_names
+from bridge.config import PublishSettings
+from bridge.configload import known_env_names, load_settings, secret_env_names
 
 ROOT = Path(__file__).resolve().parent.parent
 HELM = ROOT / "scripts" / "helm"

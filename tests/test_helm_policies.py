@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import known_env_names
+from bridge.configload import known_env_names
 from tests.test_helm import CHART, RELEASE, Docs, _container, _env, _only, helm, render
 
 __all__ = ["helm", "render"]  # the fixtures, used here by name

@@ -23,12 +23,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import bridge.publish as publish_mod
-import bridge.transactions as transactions_mod
 from bridge.config import KafkaSettings, PublishSettings
 from bridge.decode import OversizedRecord, RecordDecoder
 from bridge.dedupe import hit_id_key, hit_id_text
@@ -273,7 +273,7 @@ DECODER_MAX = 8192
 
 def _message_estimate(record: bytes) -> int:
     """Value plus the header and key text a hit's message carries (roughly)."""
-    doc = publish_mod.orjson.loads(record)
+    doc = orjson.loads(record)
     extra = [doc.get("reportSuite"), doc.get("hitIdHigh"), doc.get("hitIdLow")]
     extra += [doc.get("visIdHigh"), doc.get("visIdLow")]
     return len(record) + sum(len(str(v)) for v in extra if v is not None)
@@ -287,7 +287,6 @@ def pure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Callable[[], tuple[Publisher, Metrics, list[FakeProducer]]]:
     """A Publisher over the fake producer (no broker): returns (publisher, metrics, producers)."""
-    monkeypatch.setattr(transactions_mod, "Producer", FakeProducer)
     monkeypatch.setattr(publish_mod, "topic_message_limit", lambda *a, **k: TOPIC_LIMIT)
 
     def make() -> tuple[Publisher, Metrics, list[FakeProducer]]:
@@ -296,7 +295,7 @@ def pure(
         metrics = Metrics()
         kafka = KafkaSettings(bootstrap_servers="fake:9092", topic=TOPIC, dlq_topic=DLQ)
         cfg = PublishSettings(dedupe_window=10_000, dedupe_seed=False, commit_max_records=1000)
-        publisher = Publisher(kafka, cfg, metrics)
+        publisher = Publisher(kafka, cfg, metrics, producer_factory=FakeProducer)
         publisher.begin(None)
         return publisher, metrics, FakeProducer.instances
 
@@ -349,7 +348,7 @@ def test_hostile_records_are_classified_and_counted(
         outcome = expected_outcome(record)
         event(outcome)
         if outcome == "hit":
-            doc = publish_mod.orjson.loads(record)
+            doc = orjson.loads(record)
             key = hit_id_key(doc.get("hitIdHigh"), doc.get("hitIdLow"))
             assert key is not None, record[:200]
             if key in seen:
@@ -371,7 +370,7 @@ def test_hostile_records_are_classified_and_counted(
         if topic == TOPIC:
             assert outcome == "hit", (outcome, record[:300])
             assert value == record
-            doc = publish_mod.orjson.loads(record)
+            doc = orjson.loads(record)
             assert names["hit-id"] == hit_id_text(doc["hitIdHigh"], doc["hitIdLow"])
             assert "received-at" in names
             counts["hit"] += 1

@@ -18,6 +18,7 @@ import pytest
 
 from bridge.config import LivestreamSettings
 from bridge.httpclient import UpstreamHttp, token_client, with_params
+from tests.testutil import wait_until
 
 
 class LoopbackServer:
@@ -125,10 +126,7 @@ def test_cancel_ends_a_request_waiting_for_headers(settings: LivestreamSettings)
         http.arm()
         thread = threading.Thread(target=request, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 5
-        while not mute.peers:  # the request has reached the server
-            assert time.monotonic() < deadline, "the request never arrived"
-            time.sleep(0.005)
+        wait_until(lambda: mute.peers, 5, "the request to reach the server")
         cut = time.monotonic()
         assert http.cancel() is True
         thread.join(2.0)
@@ -175,10 +173,8 @@ def test_no_descriptor_outlives_its_connection(
             http.arm()
             with http.client.stream("GET", server.url) as response:
                 response.read()
-        deadline = time.monotonic() + 5  # the server closes its side when it sees ours
-        while open_fds() != before and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert open_fds() == before
+        # the server closes its side when it sees ours
+        wait_until(lambda: open_fds() == before, 5, "the connections' descriptors to close")
         assert http.backend.cancel() is False  # nothing is tracked any more
     finally:
         http.close()

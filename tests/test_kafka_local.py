@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
 from tests.kafkautil import kafka_local, read_all
+from tests.testutil import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -76,12 +76,6 @@ def test_round_trip_10000_messages(kafka_bootstrap: str, topic_factory: Callable
         assert offsets == list(range(offsets[0], offsets[0] + len(offsets)))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _broker_pids(data_dir: Path) -> list[str]:
     found = subprocess.run(
         ["pgrep", "-f", f"kafka.Kafka {data_dir}/server.properties"],
@@ -103,7 +97,7 @@ def test_start_twice_then_stop_leaves_nothing(kafka_bootstrap: str, tmp_path: Pa
         assert again.stdout.strip() == kafka_bootstrap
         assert kafka_local("status").stdout == session.stdout
 
-    port, cport = _free_port(), _free_port()
+    port, cport = free_ports(2)
     data_dir = tmp_path / "kafka"
     env = {
         **os.environ,

@@ -3,7 +3,7 @@
 Two kinds of server are used: ``FakeLiveStream`` below, a few dozen lines of raw socket
 code that answers each connection with a scripted action and notices at once when the
 client closes (for statuses and timings the simulator cannot be made to produce), and the
-project's simulator (``bridge.simulator``) for the end-to-end cases.
+project's simulator (``livestream_sim``) for the end-to-end cases.
 """
 
 from __future__ import annotations
@@ -31,23 +31,16 @@ from typing import Any
 import httpx
 import pytest
 
+from bridge.cancel import Callback, Cancel
 from bridge.config import AuthSettings, LivestreamSettings
 from bridge.errors import AuthError, FatalUpstreamError, UpstreamLost
 from bridge.livestream import ReconnectPolicy, RecordDecoder, Upstream
 from bridge.observability import Metrics
+from tests.testutil import free_port, wait_until
 
 TOKEN = "bearer-token-do-not-log-4711"
 SLACK = 0.05  # scheduling jitter tolerated on timing floors
 READ_FILE = os.path.join("httpcore", "_backends", "sync.py")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or predicate}")
-        time.sleep(0.005)
 
 
 def in_socket_read(thread: threading.Thread) -> bool:
@@ -285,37 +278,70 @@ def gz_records(*records: bytes) -> bytes:
 
 
 class RecordingSink:
-    """A ChunkSink that decodes like the pump does and records what happened."""
+    """A ChunkSink that keeps the compressed bytes as read, as the service's reader hands
+    them on, and records what happened. Decoding is the consumer's side, as in the service:
+    reading ``records`` (or ``corrupt``) decodes what arrived since, one decoder per
+    connection; a consumer that finds a connection corrupt cuts it with ``disconnect``."""
 
     def __init__(self) -> None:
-        self.records: list[bytes] = []
+        self.chunks: list[tuple[int, bytes]] = []  # (connection id, compressed bytes)
         self.events: list[tuple[Any, ...]] = []
         self.is_ready = threading.Event()
         self.is_ready.set()
         self.gate: threading.Event | None = None  # when set up, chunk() blocks on it
         self.in_chunk = threading.Event()
         self.answer = True
-        self.decoder: RecordDecoder | None = None
         self.upstream: Upstream | None = None  # set by Runner: closed() notes last_close_clean
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # reentrant: callers may hold it while reading records
+        self._connection = 0
+        self._decoders: dict[int, RecordDecoder] = {}
+        self._decoded: list[bytes] = []
+        self._corrupt: dict[int, str] = {}  # connection id -> what its decoder found
+        self._taken = 0  # how many of ``chunks`` are decoded
 
     def ready(self, timeout: float) -> bool:
         return self.is_ready.wait(timeout)
 
     def opened(self, connection_id: int) -> None:
-        self.decoder = RecordDecoder(1 << 20)
         with self.lock:
+            self._connection = connection_id
             self.events.append(("opened", connection_id, time.monotonic()))
 
     def chunk(self, data: bytes) -> bool:
         self.in_chunk.set()
         if self.gate is not None:
             self.gate.wait(10)
-        assert self.decoder is not None
-        records = self.decoder.feed(data)
         with self.lock:
-            self.records.extend(records)
+            self.chunks.append((self._connection, data))
         return self.answer
+
+    def _decode(self) -> None:
+        """Decode the chunks that arrived since the last call; the rest of a connection
+        whose decoder failed cannot be decoded, as in the service's pump."""
+        with self.lock:
+            for connection, data in self.chunks[self._taken :]:
+                if connection in self._corrupt:
+                    continue
+                decoder = self._decoders.setdefault(connection, RecordDecoder(1 << 20))
+                try:
+                    self._decoded.extend(decoder.feed(data))
+                except UpstreamLost as exc:
+                    self._corrupt[connection] = str(exc)
+            self._taken = len(self.chunks)
+
+    @property
+    def records(self) -> list[bytes]:
+        """Every record decoded from the bytes received so far, in order."""
+        with self.lock:
+            self._decode()
+            return list(self._decoded)
+
+    @property
+    def corrupt(self) -> dict[int, str]:
+        """Connection id -> why its bytes could not be decoded."""
+        with self.lock:
+            self._decode()
+            return dict(self._corrupt)
 
     def closed(self, connection_id: int, reason: str) -> None:
         clean = self.upstream.last_close_clean if self.upstream is not None else None
@@ -359,11 +385,11 @@ class Runner:
         upstream: Upstream,
         sink: RecordingSink,
         first_delay: float = 0.0,
-        stop: threading.Event | None = None,
+        stop: Cancel | None = None,
     ):
         self.upstream, self.sink = upstream, sink
         sink.upstream = upstream
-        self.stop = stop or threading.Event()
+        self.stop = stop or Cancel()
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(first_delay,), daemon=True)
@@ -788,12 +814,15 @@ def test_sink_refusal_closes_cleanly(fake: FakeLiveStream) -> None:
 
 
 def test_corrupt_body_is_a_drop(fake: FakeLiveStream) -> None:
-    """A sink whose decoder finds corrupt gzip ends the stream; the next comes after grace."""
+    """Corrupt gzip found by the consumer's decoder ends the stream through disconnect(), as
+    the service's pump ends it; the next connection comes after grace."""
     fake.script = [Stream(b"this is not gzip at all", end="hold")]
     fake.default = Stream(gz_records(b'{"g":1}'))
     up = make_upstream(fake.url, grace=0.3, cap=1.0)
     sink = RecordingSink()
     run = Runner(up, sink)
+    found = wait_until(lambda: list(sink.corrupt.values()), what="the decoder to find corruption")
+    up.disconnect(found[0])
     wait_until(lambda: sink.records == [b'{"g":1}'])
     assert sink.closes()[0][3] == "corrupt gzip stream"
     first = fake.seen[0].closed_at
@@ -902,9 +931,7 @@ def test_token_endpoint_outage_backs_off(fake: FakeLiveStream) -> None:
 
 def test_connection_refused_backs_off() -> None:
     """Nobody listening counts as an error attempt and is retried no sooner than grace."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     metrics = Metrics()
     up = make_upstream(f"http://127.0.0.1:{port}/x", grace=0.1, cap=0.2, metrics=metrics)
     run = Runner(up, RecordingSink())
@@ -1019,9 +1046,9 @@ def in_function(thread: threading.Thread, name: str) -> bool:
     return False
 
 
-class LateStop(threading.Event):
-    """A stop event that is set but wakes no waiter: holds open the moment between stop
-    being set and anyone reacting to it."""
+class LateStop(Cancel):
+    """A stop that fires but wakes no waiter and runs no callback: holds open the moment
+    between stop firing and anyone reacting to it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -1029,6 +1056,9 @@ class LateStop(threading.Event):
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._never.wait(timeout)
+
+    def subscribe(self, callback: Callback) -> Callable[[], None]:
+        return lambda: None
 
 
 @pytest.mark.parametrize("over_tls", [False, True], ids=["http", "https"])
@@ -1351,7 +1381,7 @@ GRACE = 1.0  # the reconnect grace of the simulator tests, shortened from 60 s
 @pytest.fixture
 def simulator() -> Iterator[Callable[..., Any]]:
     """``start(**config) -> Simulator``, stopped after the test."""
-    from bridge.simulator import Simulator, SimulatorConfig
+    from livestream_sim import Simulator, SimulatorConfig
 
     started: list[Simulator] = []
 

@@ -5,7 +5,6 @@ real broker and the simulator exports every metric of the contract with live val
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,15 +15,16 @@ import pytest
 from confluent_kafka import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.cancel import Cancel
 from bridge.decode import OversizedRecord
 from bridge.election.base import RoleReporter
 from bridge.errors import PublishError
 from bridge.freshness import FRESHNESS_BUCKETS, CommittedHits
+from bridge.kafkaclients import MESSAGE_MAX_BYTES
 from bridge.observability import EventLog, Metrics, State
-from bridge.service import _DATA, _ChunkQueue, _Item
-from bridge.simulator import Simulator, SimulatorConfig
-from bridge.transactions import MESSAGE_MAX_BYTES
-from tests.harness import BridgeProc, bridge_env, wait_until
+from bridge.pipeline import ChunkQueue, Item, Kind
+from livestream_sim import Simulator, SimulatorConfig
+from tests.harness import BridgeProc, bridge_env
 from tests.publishing import (
     NOW,
     FakeClock,
@@ -33,6 +33,7 @@ from tests.publishing import (
     fake_fixture,  # noqa: F401 - the `fake` fixture: pytest finds it in this module
     fake_publisher,
 )
+from tests.testutil import wait_until
 
 FRESH = "livestream_bridge_hit_freshness_seconds"
 NEWEST = "livestream_bridge_newest_committed_hit_timestamp_seconds"
@@ -334,10 +335,10 @@ def test_election_term_follows_the_role() -> None:
 
 def test_reader_queue_counts_the_bytes_it_holds() -> None:
     """The queue's byte count, which the reader_queue_bytes gauge reads, follows puts and gets."""
-    queue = _ChunkQueue(1 << 20, threading.Event(), 2.0)
+    queue = ChunkQueue(1 << 20, Cancel(), 2.0)
     assert queue.bytes == 0
-    queue.put(_Item(_DATA, 0, b"x" * 1000))
-    queue.put(_Item(_DATA, 0, b"y" * 24))
+    queue.put(Item(Kind.DATA, 0, b"x" * 1000))
+    queue.put(Item(Kind.DATA, 0, b"y" * 24))
     assert queue.bytes == 1024
     queue.get(0)
     assert queue.bytes == 24

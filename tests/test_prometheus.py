@@ -18,16 +18,14 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.simulator import Simulator
+from livestream_sim import Simulator
 from tests.harness import (
     BridgeProc,
     bridge_env,
     failover_simulator_config,
     flowing,
-    free_port,
     leader_of,
     running_pair,
-    wait_until,
 )
 from tests.monitoring import (
     JOB,
@@ -41,6 +39,7 @@ from tests.monitoring import (
     rule_file,
     tool,
 )
+from tests.testutil import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Producer
 
 import bridge.publish as publish_mod
+from bridge.classify import DLQ_HEAD_BYTES
 from bridge.config import PublishSettings
 from bridge.decode import OversizedRecord
 from bridge.errors import PublishError
@@ -103,7 +104,7 @@ def test_oversized_record_keeps_its_head_and_size(fake: type[FakeProducer]) -> N
     assert topic == "dlq"
     assert headers["reason"] == "oversized"
     assert headers["original-size"] == "5000000"
-    assert value == head[: publish_mod.DLQ_HEAD_BYTES]
+    assert value == head[:DLQ_HEAD_BYTES]
 
 
 def test_hit_id_not_required_publishes_without_dedupe(fake: type[FakeProducer]) -> None:
@@ -270,7 +271,7 @@ def test_malformed_lines_reach_only_the_dlq(
     assert {v: reasons[v] for v in bad} == {k: v.encode() for k, v in bad.items()}
     (big,) = [r for r in dead if header(r, "reason") == b"oversized"]
     assert header(big, "original-size") == b"3000000"
-    assert big.value is not None and len(big.value) == publish_mod.DLQ_HEAD_BYTES
+    assert big.value is not None and len(big.value) == DLQ_HEAD_BYTES
 
 
 @pytest.mark.integration

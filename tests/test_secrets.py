@@ -20,15 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     bridge_env,
     log_events,
     scrape,
     wait_for_all,
-    wait_until,
 )
+from tests.testutil import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     OwnBroker,
@@ -24,8 +24,8 @@ from tests.harness import (
     log_events,
     scrape,
     wait_for_all,
-    wait_until,
 )
+from tests.testutil import free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -37,7 +37,7 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroke
     """A broker with a SASL_SSL (SCRAM-SHA-512) listener next to its PLAINTEXT one."""
     broker = OwnBroker(
         tmp_path_factory.mktemp("secure") / "kafka",
-        sasl_ssl_port=_free(),
+        sasl_ssl_port=free_port(),
         scram_user="bridge",
         scram_password=SCRAM_PASSWORD,
     )
@@ -47,12 +47,6 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroke
         yield broker
     finally:
         broker.kill()
-
-
-def _free() -> int:
-    from tests.harness import free_port
-
-    return free_port()
 
 
 def secure_bridge(

@@ -4,7 +4,6 @@ ids that only the record can tell apart are seeded from the record."""
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-import bridge.publish as publish_mod
+import bridge.seed as seed_mod
 from bridge.config import PublishSettings
 from bridge.observability import Metrics
 from bridge.publish import Publisher
@@ -81,8 +80,7 @@ def test_a_partition_failing_at_first_neither_loses_its_ids_nor_the_others(
     kafka = kafka_settings(kafka_bootstrap, topic, dlq)
     records = [make_hit(make_bodies(50), i) for i in range(3000)]
     _publish(kafka, records)
-    seeder = sys.modules[publish_mod.read_hit_ids.__module__]
-    monkeypatch.setattr(seeder, "Consumer", _FlakyOffsets)
+    monkeypatch.setattr(seed_mod, "Consumer", _FlakyOffsets)
     _FlakyOffsets.failures = 2
     b = _publish(kafka, records)
     assert _FlakyOffsets.failures == 0, "the injected failure was never hit"

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import load_settings
+from bridge.configload import load_settings
 from bridge.errors import KafkaSetupError, PublishError
 from bridge.service import Bridge
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import (
     BridgeProc,
     bridge_env,
@@ -26,9 +26,9 @@ from tests.harness import (
     hit_ids,
     verdict,
     wait_for_all,
-    wait_until,
 )
 from tests.kafkautil import read_all
+from tests.testutil import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

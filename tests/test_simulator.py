@@ -1,8 +1,10 @@
-"""The Live Stream simulator over real loopback sockets (bridge.simulator)."""
+"""The Live Stream simulator over real loopback sockets (livestream_sim: server, streams,
+wire, cli)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import socket
@@ -10,20 +12,26 @@ import struct
 import subprocess
 import sys
 import time
+import tomllib
 import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from bridge.hits import hit_id_low
-from bridge.simulator import Simulator, SimulatorConfig, add_arguments
+from livestream_sim import Simulator, SimulatorConfig
+from livestream_sim.cli import add_arguments, main
+from livestream_sim.fakehits import hit_id_low
+from tests.test_container import DOCKERFILE, DOCKERIGNORE, parse_dockerfile
+from tests.testutil import wait_until
 
 DEADLINE_S = 10.0
+ROOT = Path(__file__).resolve().parent.parent
 StartSim = Callable[..., Simulator]
 
 
@@ -45,14 +53,6 @@ def token(sim: Simulator) -> str:
     answer = httpx.post(sim.token_url, data=form)
     assert answer.status_code == 200
     return str(answer.json()["access_token"])
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Raw:
@@ -219,7 +219,9 @@ def test_tokens_really_expire_after_expires_in(start_sim: StartSim) -> None:
     bearer = f"Bearer {token(sim)}"
     assert open_stream(sim, Authorization=bearer).status == 200
     sim.drop_connections()
-    wait_for(lambda: open_stream(sim, Authorization=bearer).status == 401, "token expiry")
+    wait_until(
+        lambda: open_stream(sim, Authorization=bearer).status == 401, DEADLINE_S, "token expiry"
+    )
 
 
 def test_404_405_406(start_sim: StartSim) -> None:
@@ -302,12 +304,12 @@ def test_vanished_client_leaves_a_ghost_slot_until_ghost_s(start_sim: StartSim) 
     gone = open_stream(sim)
     gone.read(1)
     gone.vanish()
-    wait_for(lambda: sim.live_connections() == 0, "the server to notice the reset")
+    wait_until(lambda: sim.live_connections() == 0, DEADLINE_S, "the server to notice the reset")
     started = time.monotonic()
     refused = open_stream(sim)
     assert refused.status == 409
     assert "1 held by vanished clients" in refused.body_json()["error_description"]
-    wait_for(lambda: open_stream(sim).status == 200, "the ghost to expire")
+    wait_until(lambda: open_stream(sim).status == 200, DEADLINE_S, "the ghost to expire")
     assert time.monotonic() - started > 0.5
     assert "vanished" in sim.attempts()[0]["reason"]
 
@@ -318,7 +320,7 @@ def test_clean_close_frees_the_slot_at_once(start_sim: StartSim) -> None:
     first = open_stream(sim)
     first.read(2)
     first.close_clean()
-    wait_for(lambda: sim.live_connections() == 0, "the server to see the FIN")
+    wait_until(lambda: sim.live_connections() == 0, DEADLINE_S, "the server to see the FIN")
     assert open_stream(sim).status == 200
     assert sim.attempts()[0]["reason"] == "client closed cleanly (FIN)"
 
@@ -364,7 +366,11 @@ def test_malformed_empty_and_big_records(start_sim: StartSim) -> None:
     stream = open_stream(sim)
     stream.read(30)
     sim.set_mode("big_record", size=200_000)
-    wait_for(lambda: any(len(r) == 200_000 for r in stream.read(len(stream.records) + 1)), "big")
+    wait_until(
+        lambda: any(len(r) == 200_000 for r in stream.read(len(stream.records) + 1)),
+        DEADLINE_S,
+        "big",
+    )
     big = next(r for r in stream.records if len(r) == 200_000)
     assert "hitIdLow" in orjson.loads(big)
     assert b"" in stream.lines
@@ -407,7 +413,7 @@ def test_reset_largest_skips_what_was_produced_meanwhile(start_sim: StartSim, re
     sim.drop_connections(mid_chunk=False)
     first.read_to_eof()
     produced = sim.state()["produced"]
-    wait_for(lambda: sim.state()["produced"] > produced + 40, "more production")
+    wait_until(lambda: sim.state()["produced"] > produced + 40, DEADLINE_S, "more production")
     high = int(first.hit_ids()[0].split(":")[0])
     before = {f"{high}:{hit_id_low(high, seq)}" for seq in range(sim.state()["produced"])}
     second = open_stream(sim, f"?reset={reset}")
@@ -432,7 +438,7 @@ def test_reset_smallest_starts_at_the_oldest_retained(start_sim: StartSim, reset
 def test_hits_produced_before_the_first_client_are_delivered(start_sim: StartSim) -> None:
     """The first client gets what was produced while nobody was connected, from seq 0."""
     sim = start_sim(rate=400)
-    wait_for(lambda: sim.state()["produced"] >= 50, "production before any client")
+    wait_until(lambda: sim.state()["produced"] >= 50, DEADLINE_S, "production before any client")
     stream = open_stream(sim)
     stream.read(50)
     high = int(stream.hit_ids()[0].split(":")[0])
@@ -447,7 +453,7 @@ def test_reconnect_after_the_resume_window_loses_the_gap(start_sim: StartSim) ->
     sim.drop_connections(mid_chunk=False)
     first.read_to_eof()
     produced = sim.state()["produced"]
-    wait_for(lambda: sim.state()["produced"] > produced + 20, "more production")
+    wait_until(lambda: sim.state()["produced"] > produced + 20, DEADLINE_S, "more production")
     second = open_stream(sim)
     second.read(20)
     sim.drop_connections(mid_chunk=False)
@@ -463,7 +469,7 @@ def test_total_hits_then_silence_and_pause(start_sim: StartSim) -> None:
     sim = start_sim(rate=0, total_hits=300, malformed_every=7)
     stream = open_stream(sim)
     stream.read(300 + 49)  # every 7th record is malformed; the 350th is never produced
-    wait_for(lambda: len(sim.emitted_hit_ids()) == 300, "all hits emitted")
+    wait_until(lambda: len(sim.emitted_hit_ids()) == 300, DEADLINE_S, "all hits emitted")
     stream.sock.settimeout(0.3)
     with pytest.raises(TimeoutError):
         stream._recv()
@@ -554,7 +560,7 @@ def test_garbage_and_truncate_end_the_stream(start_sim: StartSim, mode: str) -> 
     else:
         stream.read_to_eof()
         assert stream.eof and stream.raw == b""  # complete chunks, but no final one
-    wait_for(lambda: sim.live_connections() == 0, "the stream to end")
+    wait_until(lambda: sim.live_connections() == 0, DEADLINE_S, "the stream to end")
     assert sim.attempts()[-1]["reason"].startswith("fault:")
 
 
@@ -575,6 +581,21 @@ def test_admin_http_view_and_mode(start_sim: StartSim) -> None:
     assert httpx.post(sim.base_url + "/admin/mode", json={"mode": "nope"}).status_code == 400
 
 
+def test_livestream_sim_console_entry_is_the_cli_main() -> None:
+    """pyproject's `livestream-sim` script names livestream_sim.cli.main, and the image
+    installs the package: setuptools finds it, the builder copies it in before the install,
+    and .dockerignore keeps it in the build context."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, _, name = project["project"]["scripts"]["livestream-sim"].partition(":")
+    assert getattr(importlib.import_module(module), name) is main
+    assert "livestream_sim*" in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    builder = [(i.keyword, i.args) for i in parse_dockerfile(DOCKERFILE.read_text())[0]]
+    copied = builder.index(("COPY", "livestream_sim/ ./livestream_sim/"))
+    assert any(k == "RUN" and "--no-deps" in a for k, a in builder[copied:])
+    ignored = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
+    assert "livestream_sim" not in ignored
+
+
 def test_add_arguments_covers_every_field() -> None:
     """Every SimulatorConfig field has a flag, with the right type."""
     parser = argparse.ArgumentParser()
@@ -587,14 +608,21 @@ def test_add_arguments_covers_every_field() -> None:
 
 
 @pytest.mark.slow
-def test_run_prints_urls_and_stops_on_sigterm() -> None:
-    """`python -m bridge.simulator` prints the three URLs and exits 0 on SIGTERM."""
+@pytest.mark.parametrize(
+    "command",
+    [["-m", "livestream_sim"], ["-m", "bridge.cli", "simulate"]],
+    ids=["python-m-livestream_sim", "livestream-bridge-simulate"],
+)
+def test_run_prints_urls_and_stops_on_sigterm(command: list[str]) -> None:
+    """`python -m livestream_sim` and `livestream-bridge simulate` print the three URLs and
+    exit 0 on SIGTERM."""
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.simulator", "--rate", "5"],
+        [sys.executable, *command, "--rate", "5"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
+        cwd=ROOT,
     )
     try:
         assert process.stdout is not None

@@ -2,51 +2,23 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable
 
 import pytest
-from confluent_kafka import KafkaError
-from pydantic import SecretStr
 
 from bridge.config import KafkaSettings
 from bridge.errors import KafkaSetupError
-from bridge.topics import Probe, credentials_problem, ensure_topics
+from bridge.topics import Probe, ensure_topics
 from tests.kafkautil import admin_client, delete_topics, unique_topic_name
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_credentials_problem_is_one_line_without_the_password() -> None:
-    """A refused login names the user and the variables, never the password."""
-    kafka = KafkaSettings(
-        bootstrap_servers="127.0.0.1:1",
-        security_protocol="SASL_SSL",
-        sasl_mechanism="SCRAM-SHA-512",
-        sasl_username="bridge",
-        sasl_password=SecretStr("hunter2-secret"),
-    )
-    line = credentials_problem(kafka, KafkaError(KafkaError._AUTHENTICATION, "bad password"))
-    assert line is not None
-    assert "\n" not in line
-    assert "BRIDGE_KAFKA__SASL_USERNAME" in line
-    assert "bridge" in line
-    assert "hunter2" not in line
-    denied = credentials_problem(kafka, KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
-    assert denied is not None and "TOPIC_AUTHORIZATION_FAILED" in denied
-    assert credentials_problem(kafka, KafkaError(KafkaError._TRANSPORT)) is None
+from tests.testutil import free_port
 
 
 def test_unreachable_cluster_fails_within_the_deadline() -> None:
     """Nothing listening: KafkaSetupError naming the bootstrap variable, within the deadline."""
     kafka = KafkaSettings(
-        bootstrap_servers=f"127.0.0.1:{_free_port()}",
+        bootstrap_servers=f"127.0.0.1:{free_port()}",
         properties={"log_level": "0"},
     )
     started = time.monotonic()

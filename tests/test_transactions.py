@@ -1,17 +1,17 @@
-"""TransactionalWriter: its state machine on a fake producer; fencing on the real broker."""
+"""TransactionalWriter (through the Publisher that holds it): its state machine on a fake
+producer; fencing on the real broker."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-import bridge.transactions as transactions_mod
-from bridge.config import PublishSettings
+from bridge.config import KafkaSettings, PublishSettings
 from bridge.errors import FencedError, PublishError
 from bridge.observability import Metrics
 from bridge.publish import Publisher
@@ -140,6 +140,28 @@ def test_fencing_errors_raise_fenced_error(fake: type[FakeProducer], code: int) 
     assert metrics.records_published._value.get() == 0
 
 
+def test_a_bare_fatal_from_produce_surfaces_the_fence_behind_it(
+    fake: type[FakeProducer],
+) -> None:
+    """Once fenced, produce() raises only _FATAL; the writer asks poll() for the cause and
+    raises FencedError (stepping down), not a plain PublishError."""
+
+    class FencedProducer(FakeProducer):
+        def poll(self, timeout: float = 0) -> int:
+            if "produce" in FakeProducer.script and not FakeProducer.script["produce"]:
+                raise KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+            return 0
+
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic="hits", dlq_topic="dlq")
+    pub = Publisher(kafka, PublishSettings(), Metrics(), producer_factory=FencedProducer)
+    pub.begin(None)
+    pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
+    # librdkafka answers every produce() so; the hot path tries once, the general path again.
+    fake.script["produce"] = [KafkaError(KafkaError._FATAL, "Unable to produce message")] * 2
+    with pytest.raises(FencedError, match="_FENCED"):
+        pub.publish(b'{"hitIdHigh":1,"hitIdLow":2}', NOW)
+
+
 def test_fencing_offsets_go_with_every_commit(fake: type[FakeProducer]) -> None:
     """The election's offsets and group metadata are sent before each commit."""
     pub, _ = fake_publisher()
@@ -265,11 +287,21 @@ def test_stale_election_generation_fences_the_commit(
     stale = first.consumer_group_metadata()
 
     class StaleTerm:
+        """The fencing side of a term whose generation is gone for good: the election never
+        renews it, so whichever code the broker answers (ILLEGAL_GENERATION, which asks
+        wait_renewed, or UNKNOWN_MEMBER_ID, which does not) the commit is fenced."""
+
+        asked: ClassVar[list[object]] = []
+
         def offsets(self) -> list[TopicPartition]:
             return [TopicPartition(election, 0, 0)]
 
         def group_metadata(self) -> object:
             return stale
+
+        def wait_renewed(self, stale: object, timeout_s: float) -> bool:
+            StaleTerm.asked.append(stale)
+            return False
 
     pub = Publisher(
         kafka_settings(kafka_bootstrap, topic, dlq),
@@ -289,6 +321,7 @@ def test_stale_election_generation_fences_the_commit(
         pub.abort()
     finally:
         second.close()
+    assert StaleTerm.asked in ([], [stale])  # asked at most once, about the stale metadata
     got = read_all(kafka_bootstrap, topic)
     assert [header(r, "hit-id") for r in got] == [b"3141592653589793238:1"]
 
@@ -323,7 +356,6 @@ class _FatalAfterCommit:
 def test_fatal_error_in_commit_replays_only_what_did_not_commit(
     kafka_bootstrap: str,
     topic_factory: Callable[..., str],
-    monkeypatch: pytest.MonkeyPatch,
     commits: bool,
 ) -> None:
     """A fatal error from commit_transaction: the writer finds out whether the transaction
@@ -335,7 +367,6 @@ def test_fatal_error_in_commit_replays_only_what_did_not_commit(
         made.append(_FatalAfterCommit(conf, commits) if not made else Producer(conf))
         return made[-1]
 
-    monkeypatch.setattr(transactions_mod, "Producer", producer)
     bodies = make_bodies(50)
     first = [make_hit(bodies, i) for i in range(1, 501)]
     later = [make_hit(bodies, i) for i in range(501, 601)]
@@ -344,6 +375,7 @@ def test_fatal_error_in_commit_replays_only_what_did_not_commit(
         kafka_settings(kafka_bootstrap, topic, dlq),
         PublishSettings(commit_interval_ms=60_000),
         metrics,
+        producer_factory=producer,
     )
     pub.begin(None)
     run_publisher(pub, [*first, b"not json"])

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from bridge.cancel import Cancel
 from bridge.observability import EventLog, Metrics, State
 
 if TYPE_CHECKING:
@@ -69,21 +70,21 @@ class Fencing(Protocol):
 
 @dataclass(eq=False)
 class Term:
-    """One period of leadership of this replica."""
+    """One period of leadership of this replica; ``lost`` fires when it ends."""
 
     number: int
-    lost: threading.Event = field(default_factory=threading.Event)
+    lost: Cancel = field(default_factory=Cancel)
     predecessor: Predecessor | None = None
     fencing: Fencing | None = None
-    lost_reason: str | None = None
+
+    @property
+    def lost_reason(self) -> str | None:
+        """Why the term ended (the first reason given), None while it lasts."""
+        return self.lost.reason
 
     def lose(self, reason: str) -> bool:
         """End the term (first reason wins); True if this call ended it."""
-        if self.lost.is_set():
-            return False
-        self.lost_reason = reason
-        self.lost.set()
-        return True
+        return self.lost.fire(reason)
 
     def grace_s(self, reconnect_grace_s: float, *, now: float | None = None) -> float:
         """How long to wait before connecting upstream.

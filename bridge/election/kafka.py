@@ -10,110 +10,42 @@ not answer, for half a session and then steps down before anyone else could be e
 The topic doubles as an election log: the leader appends ``connected`` when it opened
 its upstream connection and ``released`` when it let go, and a new leader reads the last
 record to decide how long to wait before connecting (``Term.grace_s``).
+
+This module is the state machine (threads, callbacks, terms); the group's mechanics
+(consumer properties, fencing, watchdog, who holds partition 0) are
+``bridge.election.kafkagroup``, the topic as a log ``bridge.election.kafkalog``.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
+from bridge.cancel import Cancel
 from bridge.config import Settings
-from bridge.election.base import CONNECTED, RELEASED, Predecessor, RoleReporter, Term
+from bridge.election.base import CONNECTED, RELEASED, RoleReporter, Term
+from bridge.election.kafkagroup import (
+    CONSUMER,
+    PARTITION,
+    POLL_S,
+    KafkaFencing,
+    Watchdog,
+    describe_leader,
+)
+from bridge.election.kafkalog import ElectionLog, ensure_topic
 from bridge.errors import ElectionError
+from bridge.kafkaclients import kafka_logger
 from bridge.observability import EventLog, Metrics, State
-from bridge.topics import kafka_logger
 
 LOG = EventLog("bridge.election.kafka")
-PARTITION = 0
-RETENTION_MS = str(7 * 24 * 3600 * 1000)
-POLL_S, FLUSH_S, READ_S = 0.1, 5.0, 5.0
 UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
 REFUSED = {KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.TOPIC_AUTHORIZATION_FAILED}
-CONSUMER = {
-    "group.protocol": "classic",
-    "partition.assignment.strategy": "cooperative-sticky",
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-    "isolation.level": "read_committed",
-}
-warnings.filterwarnings("ignore", r"list_groups\(\) is deprecated", DeprecationWarning)
-
-
-class KafkaFencing:
-    """Offsets and group metadata of one term; renewed while the leader keeps partition 0."""
-
-    def __init__(self, topic: str, offset: int, metadata: object, lost: threading.Event) -> None:
-        self._topic, self._offset, self._lost = topic, offset, lost
-        self._metadata = metadata
-        self._cond = threading.Condition()
-
-    def offsets(self) -> list[TopicPartition]:
-        return [TopicPartition(self._topic, PARTITION, self._offset)]
-
-    def group_metadata(self) -> object:
-        with self._cond:
-            return self._metadata
-
-    def wait_renewed(self, stale: object, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._metadata == stale and not self._lost.is_set():
-                if (remaining := deadline - time.monotonic()) <= 0:
-                    return False
-                self._cond.wait(min(remaining, POLL_S))
-            return not self._lost.is_set()
-
-    def renew(self, metadata: object) -> None:
-        with self._cond:
-            self._metadata = metadata
-            self._cond.notify_all()
-
-
-class Watchdog:
-    """Decides when a leader can no longer be sure it leads (all times monotonic)."""
-
-    def __init__(self, limit_s: float) -> None:
-        self.limit_s = limit_s
-        self.down_since: float | None = None  # first broker error not yet followed by contact
-        self.last_contact = 0.0  # the group coordinator last answered (its rx counter grew)
-        self.steady = False  # heartbeating: the coordinator answers every heartbeat interval
-        self._rx = -1
-
-    def rebase(self) -> None:
-        """A new consumer counts its responses from zero."""
-        self._rx = -1
-
-    def reset(self, now: float) -> None:
-        self.down_since, self.last_contact = None, now
-
-    def broker_error(self, now: float) -> None:
-        if self.down_since is None:
-            self.down_since = now
-
-    def stats(self, now: float, *, steady: bool, coordinator_up: bool, rx: int | None) -> None:
-        self.steady = steady
-        if rx is not None:
-            if self._rx >= 0 and rx != self._rx:
-                self.last_contact, self.down_since = now, None
-            self._rx = rx
-        if coordinator_up:
-            self.down_since = None
-
-    def verdict(self, now: float) -> str | None:
-        if self.down_since is not None and now - self.down_since > self.limit_s:
-            return f"brokers unreachable for {now - self.down_since:.1f}s"
-        if self.steady and now - self.last_contact > self.limit_s:
-            return f"group coordinator silent for {now - self.last_contact:.1f}s"
-        return None
 
 
 class KafkaElection:
@@ -148,8 +80,7 @@ class KafkaElection:
         self._assigned_md: object | None = None
         self._refused: str | None = None
         self._consumer: Consumer | None = None
-        self._reader: Consumer | None = None
-        self._producer: Producer | None = None
+        self._log: ElectionLog | None = None
         self._admin: AdminClient | None = None
         self._threads: list[threading.Thread] = []
 
@@ -182,12 +113,8 @@ class KafkaElection:
             return
         try:
             self._admin = AdminClient(self._config(f"{self.identity}.election-admin", {}))
-            self._ensure_topic(self._admin)
-            log_props = {"enable.idempotence": True, "acks": "all", "linger.ms": 0}
-            self._producer = Producer(self._config(f"{self.identity}.election-log", log_props))
-            reader_props = {**CONSUMER, "group.id": f"{self.group_id}.reader"}  # never joins
-            reader_props.update({"enable.partition.eof": True, "auto.offset.reset": "earliest"})
-            self._reader = Consumer(self._config(f"{self.identity}.election-reader", reader_props))
+            ensure_topic(self._admin, self.topic, self._kafka, self._stopping)
+            self._log = ElectionLog(self.topic, self.group_id, self.identity, self._config)
             self._consumer = self._new_consumer()
         except (KafkaException, TimeoutError) as exc:
             detail = exc.args[0] if exc.args else "timed out"
@@ -198,24 +125,6 @@ class KafkaElection:
             thread = threading.Thread(target=target, name=f"{name}-{self.identity}", daemon=True)
             self._threads.append(thread)
             thread.start()
-
-    def _ensure_topic(self, admin: AdminClient) -> None:
-        if self._kafka.create_topics:
-            config = {"cleanup.policy": "delete", "retention.ms": RETENTION_MS}
-            new = NewTopic(self.topic, 1, self._kafka.replication_factor, config=config)
-            try:
-                admin.create_topics([new], request_timeout=15)[self.topic].result(timeout=20)
-                LOG.info("election.topic_created", topic=self.topic)
-            except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise
-        deadline = time.monotonic() + 15
-        while (md := admin.list_topics(timeout=15).topics.get(self.topic)) is None or md.error:
-            if time.monotonic() > deadline:  # a new topic takes a moment to show up
-                raise ElectionError(f"election topic {self.topic} does not exist")
-            self._stopping.wait(POLL_S)
-        if len(md.partitions) != 1:
-            raise ElectionError(f"election topic {self.topic} has {len(md.partitions)} partitions")
 
     def _new_consumer(self) -> Consumer:
         consumer = Consumer(self._consumer_config())
@@ -235,10 +144,10 @@ class KafkaElection:
         self._observe.set()
         for thread in self._threads:
             thread.join(timeout=max(10.0, 2 * self.session_s))
-        if self._reader is not None and not any(t.is_alive() for t in self._threads):
-            self._reader.close()
-        if self._producer is not None:
-            self._producer.flush(FLUSH_S)
+        if self._log is not None:
+            if not any(t.is_alive() for t in self._threads):
+                self._log.close_reader()
+            self._log.flush()
         self._lose("closed")
 
     # -- what the service calls -----------------------------------------------------------
@@ -276,22 +185,9 @@ class KafkaElection:
             self._lose("released")  # the thread is stuck; at least stop acting as leader
 
     def _append(self, kind: str, *, clean: bool, term: int) -> None:
-        if self._producer is None:
+        if self._log is None:
             raise ElectionError("election not started")
-        record = {"identity": self.identity, "kind": kind, "at": time.time(), "clean": clean}
-        errors: list[KafkaError] = []
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err)
-
-        value = json.dumps({**record, "term": term}).encode()
-        key = self.identity.encode()
-        self._producer.produce(self.topic, value, key, PARTITION, on_delivery=delivered)
-        if (pending := self._producer.flush(FLUSH_S)) or errors:
-            LOG.error("election.record_failed", kind=kind, pending=pending, errors=errors[:1])
-        else:
-            LOG.info("election.record", kind=kind, clean=clean, term=term)
+        self._log.append(kind, clean=clean, term=term)
 
     # -- the election thread --------------------------------------------------------------
 
@@ -371,16 +267,13 @@ class KafkaElection:
                 LOG.warning("election.close_failed", error=str(exc))
 
     def _begin_term(self, metadata: object) -> None:
-        assert self._reader is not None
-        tp = TopicPartition(self.topic, PARTITION)
-        try:
-            low, high = self._reader.get_watermark_offsets(tp, timeout=READ_S, cached=False)
-        except (KafkaException, TypeError) as exc:  # TypeError: None on timeout
-            return LOG.warning("election.watermarks_failed", error=str(exc))  # next step retries
-        predecessor = self._read_predecessor(self._reader, low, high)
+        assert self._log is not None
+        if (last := self._log.read_last()) is None:
+            return None  # logged; the next step retries
+        high, predecessor = last
         with self._cond:
             self._terms += 1
-            lost = threading.Event()
+            lost = Cancel()
             fencing = KafkaFencing(self.topic, high, metadata, lost)
             term = self._term = Term(self._terms, lost, predecessor, fencing)
             self._cond.notify_all()
@@ -390,37 +283,6 @@ class KafkaElection:
         p = predecessor
         LOG.info("election.term", term=term.number, offset=high, predecessor=p and p.identity)
         return None
-
-    def _read_predecessor(self, reader: Consumer, low: int, high: int) -> Predecessor | None:
-        if high <= 0:
-            return None  # nothing was ever written: a fresh deployment
-        last: Message | None = None
-        if high > low:
-            reader.assign([TopicPartition(self.topic, PARTITION, high - 1)])
-            deadline = time.monotonic() + READ_S
-            try:
-                while last is None and time.monotonic() < deadline:
-                    if (msg := reader.poll(POLL_S)) is None:
-                        continue
-                    offset = msg.offset() or 0
-                    if (err := msg.error()) is None and offset >= high - 1:
-                        last = msg
-                    elif (
-                        err is not None
-                        and err.code() == KafkaError._PARTITION_EOF
-                        and offset >= high
-                    ):
-                        break
-            finally:
-                reader.unassign()
-        try:
-            if last is None:
-                raise ValueError("no readable record below the high watermark")
-            return Predecessor.from_record(json.loads(last.value() or b""))
-        except ValueError as exc:
-            # Expired or unreadable: assume the worst, a holder that died connected.
-            LOG.warning("election.predecessor_unknown", offset=high - 1, error=str(exc))
-            return Predecessor("unknown", CONNECTED, time.time(), False)
 
     def _live_term(self) -> Term | None:
         with self._cond:
@@ -508,38 +370,10 @@ class KafkaElection:
             if self._watchdog.down_since is not None:
                 continue  # asked again after the next rebalance
             try:
-                leader = self._describe_leader(self._admin)
+                leader = describe_leader(self._admin, self.group_id, self.topic)
             except (KafkaException, AttributeError) as exc:
                 LOG.debug("election.describe_failed", error=str(exc))
                 continue
             with self._cond:
                 self._seen_leader = leader
             self._roles.seen_leader(leader)
-
-    def _describe_leader(self, admin: AdminClient) -> str | None:
-        # list_groups, not describe_consumer_groups: with librdkafka 2.16 a
-        # DescribeConsumerGroups that timed out while the broker was down can abort the
-        # process (assert in rd_kafka_enq_once_del_source_return) when the broker returns.
-        for group in admin.list_groups(self.group_id, timeout=5):
-            for member in group.members:
-                if (self.topic, PARTITION) in assigned_partitions(member.assignment or b""):
-                    return str(member.client_id)
-        return None
-
-
-def assigned_partitions(assignment: bytes) -> list[tuple[str, int]]:
-    """(topic, partition) pairs of a serialized consumer-protocol assignment."""
-    out: list[tuple[str, int]] = []
-    try:
-        (topics,) = struct.unpack_from(">i", assignment, 2)  # after the int16 version
-        pos = 6
-        for _ in range(topics):
-            (size,) = struct.unpack_from(">h", assignment, pos)
-            topic = assignment[pos + 2 : pos + 2 + size].decode()
-            (count,) = struct.unpack_from(">i", assignment, pos + 2 + size)
-            pos += 6 + size
-            out += [(topic, p) for p in struct.unpack_from(f">{max(0, count)}i", assignment, pos)]
-            pos += 4 * max(0, count)
-    except (struct.error, UnicodeDecodeError):
-        return []
-    return out

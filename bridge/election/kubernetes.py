@@ -16,129 +16,30 @@ rules, over a thin synchronous httpx client.
 * Fencing: ``Term.fencing`` is None. Kafka fences through the shared transactional.id: the
   new leader's ``init_transactions`` fences the old producer.
 
-Credentials: in a pod, the service-account token (re-read per request: bound tokens rotate),
-ca.crt and KUBERNETES_SERVICE_HOST/PORT; else ``election.kubeconfig``'s current context
-(token, tokenFile or client certificate; YAML needs PyYAML, JSON always parses). RBAC: get
-and update on the named Lease, create on leases. The token is never logged.
+Where the server and credentials come from, and the Lease calls themselves (401/403 named
+as what to grant), are ``bridge.election.kubeapi``.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import importlib
 import json
 import math
-import os
 import random
-import ssl
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import httpx
 
 from bridge.config import Settings
 from bridge.election.base import CONNECTED, RELEASED, Predecessor, RoleReporter, Term
+from bridge.election.kubeapi import SA_DIR, Json, LeaseApi, micro_time
 from bridge.errors import ElectionError
 from bridge.observability import EventLog, Metrics, State
 
 LOG = EventLog("bridge.election.kubernetes")
 LAST_EVENT = "livestream-bridge/last-event"
-SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _LOST = "lost"  # a write found the Lease held by someone else, or gone
-Json = dict[str, Any]
-Token = Callable[[], str | None]
-
-
-def micro_time(t: float) -> str:
-    """MicroTime: RFC 3339 in UTC with microseconds."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip() or None
-    except OSError:
-        return None
-
-
-def _tls(ca_file: str | None, ca_data: str | None) -> ssl.SSLContext:
-    try:
-        return ssl.create_default_context(cafile=ca_file, cadata=ca_data)
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        raise ElectionError(f"cannot load the Kubernetes API CA: {exc.__class__.__name__}") from exc
-
-
-def in_cluster(sa_dir: Path = SA_DIR) -> tuple[str, ssl.SSLContext, Token, str | None]:
-    """(server, TLS, token source, namespace) from the pod's service-account mount."""
-    host = os.environ.get("KUBERNETES_SERVICE_HOST", "")
-    if not host:
-        raise ElectionError(
-            "backend kubernetes: not in a pod (KUBERNETES_SERVICE_HOST unset) and "
-            "election.kubeconfig is not set"
-        )
-    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
-    token_file = sa_dir / "token"
-    if _read(token_file) is None:
-        raise ElectionError(f"no service-account token in {token_file} (automount disabled?)")
-    host = f"[{host}]" if ":" in host else host
-    ctx = _tls(str(sa_dir / "ca.crt"), None)
-    return f"https://{host}:{port}", ctx, lambda: _read(token_file), _read(sa_dir / "namespace")
-
-
-def from_kubeconfig(path: str) -> tuple[str, ssl.SSLContext, Token, str | None]:
-    """(server, TLS, token source, namespace) of a kubeconfig's current context."""
-    file = Path(path).expanduser()
-    try:
-        text = file.read_text()
-        try:
-            doc: Any = importlib.import_module("yaml").safe_load(text)
-        except ImportError:
-            doc = json.loads(text)
-    except OSError as exc:
-        raise ElectionError(f"cannot read kubeconfig {file}: {exc.strerror}") from exc
-    except Exception as exc:  # YAML/JSON syntax: the parser's own error types
-        raise ElectionError(f"kubeconfig {file} does not parse ({exc.__class__.__name__})") from exc
-
-    def pick(kind: str, name: object) -> Json:
-        for item in (doc.get(f"{kind}s") if isinstance(doc, dict) else None) or []:
-            if isinstance(item, dict) and item.get("name") == name:
-                return dict(item.get(kind) or {})
-        raise ElectionError(f"kubeconfig {file}: no {kind} named {name!r}")
-
-    context = pick("context", doc.get("current-context") if isinstance(doc, dict) else None)
-    cluster, user = pick("cluster", context.get("cluster")), pick("user", context.get("user"))
-    if user.get("exec") or user.get("auth-provider"):
-        raise ElectionError(f"kubeconfig {file}: exec and auth-provider users are not supported")
-    server = str(cluster.get("server") or "")
-    if not server.startswith("https://"):
-        raise ElectionError(f"kubeconfig {file}: the cluster server must be an https:// URL")
-    ca, ca_data = cluster.get("certificate-authority"), cluster.get("certificate-authority-data")
-    ctx = _tls(ca and str(file.parent / ca), ca_data and base64.b64decode(ca_data).decode())
-    with tempfile.TemporaryDirectory() as tmp:  # client certificate: files or inline data
-        pair = []
-        for key in ("client-certificate", "client-key"):
-            if user.get(f"{key}-data"):
-                Path(tmp, key).write_bytes(base64.b64decode(user[f"{key}-data"]))
-                pair.append(str(Path(tmp, key)))
-            elif user.get(key):
-                pair.append(str(file.parent / user[key]))
-        if len(pair) == 2:
-            try:
-                ctx.load_cert_chain(pair[0], pair[1])
-            except (OSError, ssl.SSLError) as exc:
-                raise ElectionError(f"kubeconfig {file}: unusable client certificate") from exc
-    token, token_file = user.get("token"), user.get("tokenFile")
-
-    def source() -> str | None:  # a tokenFile is re-read each time, like the pod's token
-        return str(token) if token else _read(file.parent / token_file) if token_file else None
-
-    return server, ctx, source, context.get("namespace")
 
 
 class KubernetesElection:
@@ -155,9 +56,7 @@ class KubernetesElection:
         self._duration = math.ceil(cfg.lease_duration_s)
         # one request must end well inside the renew deadline
         self._timeout = min(cfg.renew_deadline_s / 2, max(2 * cfg.retry_period_s, 1.0))
-        self._http: httpx.Client | None = None
-        self._token: Token = lambda: None
-        self._path = ""
+        self._api: LeaseApi | None = None
         self._lock = threading.Lock()  # guards the five fields below
         self._record: Json | None = None  # the Lease as last read or written
         self._observed: tuple[str, float] = ("", 0.0)  # (resourceVersion, monotonic seen)
@@ -171,23 +70,11 @@ class KubernetesElection:
     # --- Election ----------------------------------------------------------------
 
     def start(self) -> None:
-        cfg = self._cfg
-        if cfg.kubeconfig:
-            server, tls, self._token, ns = from_kubeconfig(cfg.kubeconfig)
-        else:
-            server, tls, self._token, ns = in_cluster(self.sa_dir)
-        self.namespace = (
-            cfg.lease_namespace
-            or ns
-            or _read(self.sa_dir / "namespace")
-            or os.environ.get("POD_NAMESPACE")
-            or "default"
-        )
-        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
-        self._http = httpx.Client(base_url=server, verify=tls, follow_redirects=False)
+        self._api = api = LeaseApi(self._cfg, self.identity, self._timeout, self.sa_dir)
+        self.namespace, server = api.namespace, api.server
         try:
-            self._check_access()
-            resp = self._call("GET", "get")
+            api.check_access()
+            resp = api.get()
         except httpx.HTTPError as exc:
             raise ElectionError(f"Kubernetes API {server} unreachable: {exc!r}") from exc
         if resp.status_code == 200:
@@ -249,23 +136,17 @@ class KubernetesElection:
         term = self._stop_renewer()
         if term is not None:
             self._end(term, "closed")
-        if self._http is not None:
-            self._http.close()
+        if self._api is not None:
+            self._api.close()
 
     # --- acquiring ---------------------------------------------------------------
 
     def _try_acquire(self) -> Term | None:
         began = time.monotonic()  # our deadline counts from before the winning write
-        resp = self._call("GET", "get")
+        api = self._lease_api()
+        resp = api.get()
         if resp.status_code == 404:
-            meta = {"name": self._cfg.lease_name, "namespace": self.namespace}
-            lease: Json = {
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": meta,
-            }
-            lease["spec"] = self._spec(1)
-            made = self._call("POST", "create", lease, path=self._path)
+            made = api.create(self._spec(1))
             if made.status_code == 201:
                 return self._won(made.json(), None, began)
             if made.status_code != 409:  # 409: another candidate created it first
@@ -284,7 +165,7 @@ class KubernetesElection:
         number = int(spec.get("leaseTransitions") or 0)
         predecessor = self._predecessor(lease, holder, number)
         lease["spec"] = self._spec(number + 1)
-        put = self._call("PUT", "update", lease)
+        put = api.update(lease)
         if put.status_code == 200:
             return self._won(put.json(), predecessor, began)
         if put.status_code != 409:  # 409: someone wrote first; read again next round
@@ -366,9 +247,10 @@ class KubernetesElection:
             notes = lease.setdefault("metadata", {}).setdefault("annotations", {})
             notes[LAST_EVENT] = json.dumps(event or pending, separators=(",", ":"))
         try:
-            resp = self._call("PUT", "update", lease, timeout=timeout)
+            api = self._lease_api()
+            resp = api.update(lease, timeout=timeout)
             if resp.status_code == 409:  # someone else wrote: whose is it now?
-                fresh = self._call("GET", "get", timeout=timeout)
+                fresh = api.get(timeout=timeout)
                 if fresh.status_code == 200:
                     self._observe(fresh.json())
                     mine = (fresh.json().get("spec") or {}).get("holderIdentity") == self.identity
@@ -404,57 +286,12 @@ class KubernetesElection:
         self._state.forget("lease-renew")
         return term
 
-    # --- the API -----------------------------------------------------------------
+    # --- helpers -----------------------------------------------------------------
 
-    def _call(
-        self,
-        method: str,
-        verb: str,
-        body: Json | None = None,
-        *,
-        path: str | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        if self._http is None:
+    def _lease_api(self) -> LeaseApi:
+        if self._api is None:
             raise ElectionError("election not started")
-        headers = {"Accept": "application/json"}
-        token = self._token()  # read anew each time: projected tokens rotate
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        wait = self._timeout if timeout is None else max(0.05, min(timeout, self._timeout))
-        url = path or f"{self._path}/{self._cfg.lease_name}"
-        resp = self._http.request(method, url, json=body, headers=headers, timeout=wait)
-        if resp.status_code == 401:
-            raise ElectionError("the Kubernetes API refused our credentials (401 Unauthorized)")
-        if resp.status_code == 403 and verb != "review":
-            raise ElectionError(self._forbidden(verb))
-        return resp
-
-    def _check_access(self) -> None:
-        """Ask (SelfSubjectAccessReview) for each permission the election needs, so that a
-        missing one is named at start-up rather than found at the first failover."""
-        path = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
-        for verb in ("get", "update", "create"):
-            name = "" if verb == "create" else self._cfg.lease_name
-            attrs = dict(namespace=self.namespace, verb=verb, resource="leases", name=name)
-            attrs["group"] = "coordination.k8s.io"
-            review: Json = {
-                "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": attrs},
-            }
-            review["apiVersion"] = "authorization.k8s.io/v1"
-            resp = self._call("POST", "review", review, path=path)
-            if resp.status_code != 201:
-                return  # cannot ask here; the Lease calls themselves will tell
-            if not (resp.json().get("status") or {}).get("allowed"):
-                raise ElectionError(self._forbidden(verb))
-
-    def _forbidden(self, verb: str) -> str:
-        what = "leases" if verb == "create" else f"leases/{self._cfg.lease_name}"
-        return (
-            f"forbidden: {self.identity} may not {verb} {what} (coordination.k8s.io) in "
-            f"namespace {self.namespace}; grant get and update on that Lease and create on leases"
-        )
+        return self._api
 
     def _observe(self, lease: Json) -> float:
         """Remember the Lease; returns when (monotonic) we first saw this version of it."""

@@ -1,20 +1,13 @@
-"""Reading the hits topic back, read_committed: the dedupe seed and a commit's outcome.
+"""Seeding a new term's dedupe window from the tail of the hits topic, read_committed.
 
-``read_hit_ids`` feeds a new term's dedupe window with the hit ids the topic received in
-the last ``publish.dedupe_seed_s`` seconds (what Live Stream can still replay across a
-failover), at most ``limit`` of them. Partitions are independent: a partition whose
-offsets cannot be read is retried until the deadline and then reported, never a reason
-to drop the others.
-
-``committed_at`` answers whether one message (known from its delivery report) belongs to
-a committed transaction, which the writer asks after a fatal error left a commit's
-outcome unknown.
+``read_hit_ids`` feeds the window with the hit ids the topic received in the last
+``publish.dedupe_seed_s`` seconds (what Live Stream can still replay across a failover), at
+most ``limit`` of them. Partitions are independent: a partition whose offsets cannot be
+read is retried until the deadline and then reported, never a reason to drop the others.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,30 +18,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from bridge.config import KafkaSettings
 from bridge.dedupe import hit_id_key, hit_id_key_from_text
-from bridge.errors import KafkaSetupError
+from bridge.kafkaclients import give_back_freed_memory, reader_config
+from bridge.kafkaerrors import raise_if_reader_denied, transient
 from bridge.observability import EventLog
-from bridge.topics import credentials_problem, kafka_logger, partitions_of
 
-__all__ = ["SeedResult", "committed_at", "read_hit_ids"]
+__all__ = ["SeedResult", "read_hit_ids"]
 
 log = EventLog("bridge.publish")
 
 RETRY_EVERY_S = 0.2
 SEED_BUFFER_MB = 16
 STALL_S = 30.0  # a seed read that gets nothing for this long gives up (the rest may be long)
-# Right after a topic is created or a leader moves, these clear up by themselves.
-_TRANSIENT = frozenset(
-    {
-        KafkaError.LEADER_NOT_AVAILABLE,
-        KafkaError.NOT_LEADER_FOR_PARTITION,
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_PARTITION,
-        KafkaError._UNKNOWN_TOPIC,
-        KafkaError._TIMED_OUT,
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-    }
-)
 
 
 @dataclass
@@ -58,39 +38,6 @@ class SeedResult:
     ids: int = 0
     complete: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
-
-
-def _consumer(kafka: KafkaSettings, client_id: str, buffer_mb: int = 4) -> Consumer:
-    conf: dict[str, Any] = dict(kafka.client_config())
-    conf |= {
-        "group.id": f"{kafka.transactional_id}-seed",  # never joined, never committed
-        "client.id": client_id,
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-        # Bounded buffers (given back by _give_back_freed_memory): 16 MB read 1.8 KB hits
-        # at 69k/s on the 2-core test machine, 8 MB at 42k/s, 4 MB at 23k/s.
-        "queued.max.messages.kbytes": buffer_mb * 1024,
-        "fetch.max.bytes": buffer_mb << 20,
-        "max.partition.fetch.bytes": buffer_mb << 18,
-        "logger": kafka_logger("seed"),
-    }
-    return Consumer(conf)
-
-
-def _denied(kafka: KafkaSettings, err: KafkaError, topic: str) -> None:
-    """Raise ``KafkaSetupError`` naming the missing ACL when ``err`` is a denial."""
-    if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
-        return  # the group.id librdkafka insists on is never used: assign() and no commits
-    problem = credentials_problem(kafka, err, topics=(topic,), read=True)
-    if problem:
-        raise KafkaSetupError(problem)
-
-
-def transient(err: KafkaError) -> bool:
-    """Will ``err`` clear up by itself (retriable, or a topic or leader still settling)?"""
-    return bool(err.retriable()) or err.code() in _TRANSIENT
 
 
 def _hit_id(msg: Message) -> tuple[int, int] | None:
@@ -117,7 +64,7 @@ class _Seed:
     def __init__(self, kafka: KafkaSettings, topic: str, timeout: float) -> None:
         self.kafka, self.topic = kafka, topic
         self.deadline = time.monotonic() + timeout
-        self.consumer = _consumer(kafka, "livestream-bridge-seed", SEED_BUFFER_MB)
+        self.consumer = Consumer(reader_config(kafka, "livestream-bridge-seed", SEED_BUFFER_MB))
         self.result = SeedResult()
 
     def _step(self) -> float:
@@ -129,13 +76,13 @@ class _Seed:
                 md = self.consumer.list_topics(self.topic, timeout=self._step())
                 tmd = md.topics.get(self.topic)
                 if tmd is not None and tmd.error is not None:
-                    _denied(self.kafka, tmd.error, self.topic)
+                    raise_if_reader_denied(self.kafka, tmd.error, self.topic)
                     if not transient(tmd.error):
                         return []
                 elif tmd is not None and tmd.partitions:
-                    return partitions_of(md, self.topic)
+                    return _partitions_of(md, self.topic)
             except KafkaException as exc:
-                _denied(self.kafka, exc.args[0], self.topic)
+                raise_if_reader_denied(self.kafka, exc.args[0], self.topic)
                 if not transient(exc.args[0]):
                     raise
             if time.monotonic() >= self.deadline:
@@ -165,7 +112,7 @@ class _Seed:
                     spans[p] = self._span(p, since_ms)
                 except KafkaException as exc:
                     err = exc.args[0]
-                    _denied(self.kafka, err, self.topic)
+                    raise_if_reader_denied(self.kafka, err, self.topic)
                     last[p] = err.name()
                     if not transient(err):
                         failed[p] = err.name()
@@ -198,7 +145,9 @@ class _Seed:
                     if offset >= ends.get(p, 0) and ends.pop(p, None) is not None:
                         result.complete.append(p)
                 else:
-                    _denied(self.kafka, err, self.topic)  # librdkafka retries the rest itself
+                    raise_if_reader_denied(
+                        self.kafka, err, self.topic
+                    )  # librdkafka retries the rest itself
 
 
 def _bounded(spans: dict[int, tuple[int, int]], limit: int) -> dict[int, tuple[int, int]]:
@@ -247,50 +196,14 @@ def read_hit_ids(
         result.failed |= {-1: exc.args[0].name()}
     finally:
         seed.consumer.close()
-        _give_back_freed_memory()
+        give_back_freed_memory()
     if result.failed:
         log.warning("publish.seed_incomplete", topic=topic, ids=result.ids, failed=result.failed)
     return result
 
 
-def committed_at(
-    kafka: KafkaSettings, topic: str, partition: int, offset: int, timeout: float
-) -> bool | None:
-    """Does a read_committed reader see the message at ``offset``? None: no answer in time.
-
-    Only meaningful once its transaction is settled (a later ``init_transactions`` with the
-    same transactional.id settles it): then the first message such a reader returns from
-    ``offset`` on is that one exactly when its transaction committed.
-    """
-    deadline = time.monotonic() + timeout
-    consumer = _consumer(kafka, "livestream-bridge-check")
-    try:
-        consumer.assign([TopicPartition(topic, partition, offset)])
-        while (remaining := deadline - time.monotonic()) > 0:
-            msg = consumer.poll(min(0.5, remaining))
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is None:
-                return msg.offset() == offset
-            if err.code() == KafkaError._PARTITION_EOF:
-                if (msg.offset() or 0) > offset:
-                    return False  # skipped: the transaction was aborted
-                continue
-            _denied(kafka, err, topic)
-        return None
-    finally:
-        consumer.close()
-
-
-def _give_back_freed_memory() -> None:
-    """Ask glibc to return freed heap pages (the seed consumer's buffers) to the system.
-
-    Without it the process keeps ~30-50 MB it no longer uses after every seeding; the
-    bridge's memory budget is 256 MiB. A no-op where glibc is not the allocator.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+def _partitions_of(md: Any, topic: str) -> list[int]:
+    tmd = md.topics.get(topic)
+    if tmd is None or tmd.error is not None:
+        return []
+    return sorted(tmd.partitions)

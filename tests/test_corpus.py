@@ -1,4 +1,5 @@
-"""Hit generation, the corpus and its pre-compressed batches (bridge.hits)."""
+"""The simulator's content: fake hits, the corpus and its pre-compressed batches, and the
+record log (livestream_sim.fakehits, .corpus, .recordlog)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,9 @@ import zlib
 import orjson
 import pytest
 
-from bridge.hits import (
-    BATCH,
-    CRLF,
-    Corpus,
-    RecordLog,
-    StreamEncoder,
-    hit_id_low,
-    make_hit,
-    malformed_line,
-    pad_hit,
-)
+from livestream_sim.corpus import BATCH, CRLF, Corpus, StreamEncoder
+from livestream_sim.fakehits import hit_id_low, make_hit, malformed_line, pad_hit
+from livestream_sim.recordlog import RecordLog
 
 HIGH = 1_234_567_890_123_456_789
 

@@ -51,7 +51,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -503,7 +503,8 @@ def phase_latency(
             for msg in msgs:
                 if msg.error() is not None:
                     continue
-                for name, value in msg.headers() or ():
+                # consumed headers are (name, bytes) pairs, and the bridge sets received-at
+                for name, value in cast("list[tuple[str, bytes]]", msg.headers() or []):
                     if name == "received-at":
                         latencies.append(now_ms - int(value))
                         break
@@ -605,7 +606,11 @@ def main(argv: list[str] | None = None) -> int:
         name, _, value = item.partition("=")
         BRIDGE_PROPERTIES[name] = value
     only = set(args.only or ("bridge", "ceiling", "peer", "latency"))
-    log = (lambda *_: None) if args.json else (lambda text: print(text, file=sys.stderr))
+
+    def log(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr)
+
     res: dict[str, dict[str, float]] = {}
     lat: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:

@@ -71,7 +71,7 @@ def measure(hits: int, repeat: int) -> dict[str, float]:
     docs = [orjson.loads(r) for r in records]
     ids = [(int(d["hitIdHigh"]), int(d["hitIdLow"])) for d in docs]
     keys = [f"{d.get('visIdHigh')}:{d.get('visIdLow')}" for d in docs]
-    headers = [
+    headers: list[list[tuple[str, str | bytes | None]]] = [
         [("hit-id", f"{h}:{lo}"), ("report-suite", "rs"), ("received-at", "1")] for h, lo in ids
     ]
 

@@ -345,9 +345,7 @@ class Zombies:
 
 def broker_log_dir(bootstrap: str) -> Path | None:
     """The broker's log.dirs if it is a local directory (a single-node broker), else None."""
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.admin._config import ConfigResource  # not re-exported for mypy
-    from confluent_kafka.admin._resource import ResourceType
+    from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
     admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
     try:

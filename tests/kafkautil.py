@@ -14,9 +14,9 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from bridge.kafkaerrors import transient
@@ -204,11 +204,11 @@ def read_all(
             msg = consumer.poll(min(1.0, remaining))
             if msg is None:
                 continue
-            part, off, err = msg.partition(), msg.offset(), msg.error()
+            (part, off), err = _place(msg), msg.error()
             end = bounds[part][1] if part in bounds else -1
             if err is None and off < end:
                 _ts_type, ts = msg.timestamp()
-                out.append(Record(part, off, msg.key(), msg.value(), list(msg.headers() or []), ts))
+                out.append(Record(part, off, msg.key(), msg.value(), _headers(msg), ts))
                 if off >= end - 1:
                     pending.discard(part)
             elif err is not None and err.code() == KafkaError._PARTITION_EOF:
@@ -220,6 +220,19 @@ def read_all(
         return out
     finally:
         consumer.close()
+
+
+def _place(msg: Message) -> tuple[int, int]:
+    """``msg``'s partition and offset, -1 for either it lacks (a client-level error): no
+    partition has that number, so ``read_all`` takes such a message for no partition's."""
+    part, off = msg.partition(), msg.offset()
+    return (-1 if part is None else part, -1 if off is None else off)
+
+
+def _headers(msg: Message) -> list[tuple[str, bytes | None]]:
+    """The headers of a consumed message, as (name, value) pairs."""
+    # cast: the stub types what produce() takes (a dict too, str values); consumed are pairs
+    return cast("list[tuple[str, bytes | None]]", list(msg.headers() or []))
 
 
 def _partition_bounds(

@@ -138,7 +138,7 @@ class Deployment:
             security_protocol="SASL_SSL",
             sasl_mechanism="SCRAM-SHA-512",
             sasl_username=USER,
-            sasl_password=PASSWORD,  # type: ignore[arg-type]
+            sasl_password=PASSWORD,
             ssl_ca_location=str(self.broker.ca_file),
             properties={"log_level": "3"},
             **extra,

@@ -35,7 +35,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "VENV": sys.prefix, **extra}
 
 
-def _run(*args: str, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
+def _run(*args: str | Path, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(a) for a in args],
         cwd=ROOT,

@@ -223,6 +223,17 @@ class Demo:
             [str(KAFKA_LOCAL), "stop"], env=env, capture_output=True, timeout=120, check=False
         )
 
+    def close(self) -> None:
+        """Close the pipes the test holds once nothing writes to them any more, so no file
+        object is left for the garbage collector to close (a ResourceWarning)."""
+        self._reader.join(timeout=30)
+        if self._reader.is_alive():  # a writer survived: closing would block on the reader
+            return
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.relay is not None and self.relay.stdout is not None:
+            self.relay.stdout.close()
+
 
 @pytest.fixture
 def demo_factory(tmp_path: Path) -> Iterator[Any]:
@@ -236,7 +247,10 @@ def demo_factory(tmp_path: Path) -> Iterator[Any]:
 
     yield start
     for run in runs:
-        run.force_cleanup()
+        try:
+            run.force_cleanup()
+        finally:
+            run.close()
 
 
 def _assert_nothing_left(demo: Demo) -> None:

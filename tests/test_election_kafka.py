@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin._config import ConfigResource
-from confluent_kafka.admin._resource import ResourceType
+from confluent_kafka.admin import ConfigResource, ResourceType
 
 from bridge.election.base import CONNECTED, RELEASED, Term
 from bridge.election.kafka import KafkaElection
@@ -269,6 +268,14 @@ class Child:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def close(self) -> None:
+        """Kill the child if it still runs and close our ends of its pipes."""
+        if self.proc.poll() is None:
+            self.kill()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+
 
 @pytest.mark.parametrize(
     "session_ms", [3000, pytest.param(10000, marks=pytest.mark.slow)], ids=["3s", "10s"]
@@ -294,8 +301,7 @@ def test_crashed_leader_is_fenced(
         a.kill()
         term = lead_within(b, session_ms / 1000 + 10)
     finally:
-        if a.proc.poll() is None:
-            a.kill()
+        a.close()
     took = time.monotonic() - killed
     print(f"\nSIGKILL -> new leader (session {session_ms} ms): {took:.2f}s")
     assert term is not None and took < session_ms / 1000 + 3

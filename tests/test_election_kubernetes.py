@@ -170,11 +170,12 @@ def test_minimal_rbac_role_is_enough_and_other_leases_are_forbidden(
     assert first["leaseDurationSeconds"] == 3
     assert MICROTIME.match(str(first["acquireTime"])) and MICROTIME.match(str(first["renewTime"]))
     assert election.leader() == "pod-a"
-    renewed = wait_until(
-        lambda: spec(admin, ns)["renewTime"] != first["renewTime"] and spec(admin, ns),
-        5,
-        "a renewal by the ServiceAccount",
-    )
+
+    def renewed_spec() -> dict[str, object] | None:
+        now = spec(admin, ns)
+        return now if now["renewTime"] != first["renewTime"] else None
+
+    renewed = wait_until(renewed_spec, 5, "a renewal by the ServiceAccount")
     assert renewed["acquireTime"] == first["acquireTime"]
     election.release(clean=True)
     assert not spec(admin, ns).get("holderIdentity")
@@ -197,7 +198,7 @@ def test_exactly_one_of_two_leads(cluster: Cluster, admin: KubeAdmin, ns: str) -
     a.start()
     b.start()
     ca, cb = Candidate(a).start(), Candidate(b).start()
-    winner = wait_until(lambda: (ca.term and ca) or (cb.term and cb), 10, "a leader")
+    winner = wait_until(lambda: ca if ca.term else cb if cb.term else None, 10, "a leader")
     loser = cb if winner is ca else ca
     deadline = time.monotonic() + 2 * LEASE_S
     while time.monotonic() < deadline:  # renewals keep the standby out
@@ -282,9 +283,12 @@ def test_crashed_leader_is_replaced_after_the_lease_duration(
             a.close()
         wait_until(lambda: cb.term, 3 * LEASE_S, "the standby to take over")
     finally:
-        if child is not None and child.poll() is None:
-            child.kill()
-            child.wait(5)
+        if child is not None:
+            if child.poll() is None:
+                child.kill()
+                child.wait(5)
+            assert child.stdout is not None
+            child.stdout.close()
     assert cb.term is not None and cb.won_at is not None
     took = cb.won_at - crashed_at
     print(f"\nMEASURED takeover after crash ({crash}): {took:.3f} s (lease {LEASE_S} s)")

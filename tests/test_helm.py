@@ -90,7 +90,8 @@ def _only(docs: Docs, kind: str) -> dict[str, Any]:
 def _container(docs: Docs) -> dict[str, Any]:
     containers = _only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
-    return containers[0]
+    container: dict[str, Any] = containers[0]
+    return container
 
 
 def _env(docs: Docs) -> dict[str, dict[str, Any]]:

@@ -460,7 +460,7 @@ def test_hostile_records_through_the_real_broker(
     text = metrics.render().decode()
     published = metric_value(text, "livestream_bridge_records_published_total")
     replays = metric_value(text, "livestream_bridge_records_deduplicated_total")
-    reasons = Counter(dict(r.headers)["reason"].decode() for r in dead)
+    reasons = Counter((dict(r.headers)["reason"] or b"").decode() for r in dead)
     print(
         f"\nhostile (real broker): sent={len(sent)} published={len(hits)} "
         f"dead_lettered={dict(reasons)} deduplicated={replays:.0f}"

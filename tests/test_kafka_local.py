@@ -35,7 +35,10 @@ def test_round_trip_10000_messages(kafka_bootstrap: str, topic_factory: Callable
         if err is not None:
             errors.append(err)
         else:
-            sent[msg.partition()].append((msg.offset(), msg.key(), msg.value()))
+            part, offset, key, value = msg.partition(), msg.offset(), msg.key(), msg.value()
+            # a delivered message has its place, and every one sent here a key and a value
+            assert part is not None and offset is not None and key is not None and value is not None
+            sent[part].append((offset, key, value))
 
     count = 10_000
     for i in range(count):

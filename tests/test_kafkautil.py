@@ -14,7 +14,7 @@ from tests.kafkautil import read_all
 pytestmark = pytest.mark.integration
 
 
-class _NotLeaderYet(Consumer):  # type: ignore[misc]
+class _NotLeaderYet(Consumer):
     """The real consumer, except that its first offset look-ups fail as they do while a
     new partition's leader is being elected."""
 

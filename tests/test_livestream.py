@@ -1627,7 +1627,7 @@ def test_sim_every_attempt_uses_a_fresh_connection(simulator: Callable[..., Any]
     sim = simulator(rate=50.0)
     sim.set_mode("status", code=409)
     settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         livestream=LivestreamSettings(
             url=sim.stream_url, reconnect_grace_s=0.1, backoff_cap_s=0.3, connect_timeout_s=2.0
         ),
@@ -1650,6 +1650,7 @@ def test_sim_every_attempt_uses_a_fresh_connection(simulator: Callable[..., Any]
         run.stop.set()
         bridge.upstream.close()
         bridge.http.close()
+        bridge.endpoint.stop()  # never started, but its sockets are open since __init__
     refused = [a for a in sim.attempts() if a["status"] == 409]
     assert len(refused) >= 4
     ports = [a["client"].rsplit(":", 1)[1] for a in sim.attempts()]
@@ -1756,7 +1757,7 @@ def test_424_never_ends_the_run(fake: FakeLiveStream, caplog: pytest.LogCaptureF
     than MAX_404 times), explained once per streak: a 424 streak broken by a 503 is
     explained again."""
     caplog.set_level(logging.INFO, logger="bridge")
-    fake.script = [Status(424)] * 4 + [Status(503)] + [Status(424)] * 2
+    fake.script = [*[Status(424)] * 4, Status(503), *[Status(424)] * 2]
     fake.default = Status(424)
     up = make_upstream(fake.url, grace=0.02, cap=0.05)
     run = Runner(up, RecordingSink())

@@ -132,7 +132,7 @@ def test_replays_dead_letters_and_rejects_are_not_observed(fake: type[FakeProduc
         OversizedRecord(b'{"hitIdHigh":7', 5_000_000),
         hit(2, receivedTimeGMT=now),
     ]
-    pub.publish_many(records, NOW)  # type: ignore[arg-type]
+    pub.publish_many(records, NOW)
     pub.commit()
     assert value(metrics, "livestream_bridge_records_published_total") == 2
     assert value(metrics, "livestream_bridge_records_deduplicated_total") == 1

@@ -58,7 +58,7 @@ def test_replays_of_more_than_200k_hits_across_a_failover_are_dropped(
     assert b.counters["records_deduplicated"] == n
 
 
-class _FlakyOffsets(Consumer):  # type: ignore[misc]
+class _FlakyOffsets(Consumer):
     """The real consumer, except that the seed's first offset look-ups of partition 1 fail
     as they do while a leader moves."""
 

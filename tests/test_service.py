@@ -123,7 +123,7 @@ def test_values_are_byte_identical_and_keyed_by_visitor(
     import orjson
 
     for rec in records:
-        headers = dict(rec.headers or [])
+        headers = {name: value or b"" for name, value in rec.headers}
         hit = headers["hit-id"].decode()
         assert rec.value == sent[hit], hit
         doc = orjson.loads(rec.value)

@@ -84,6 +84,12 @@ class ElectionLog:
         watermarks could not be read (logged; the caller tries again)."""
         tp = TopicPartition(self.topic, PARTITION)
         try:
+            # librdkafka sends the watermark query to the partition leader it has cached,
+            # and an idle reader's cache is not refreshed when that broker dies: the query
+            # then times out until the dead connection is dropped (35-60 s seen on a
+            # three-broker cluster). Asking for the topic's metadata first routes it to
+            # the current leader as soon as one is elected.
+            self._reader.list_topics(self.topic, timeout=READ_S)
             low, high = self._reader.get_watermark_offsets(tp, timeout=READ_S, cached=False)
         except (KafkaException, TypeError) as exc:  # TypeError: None on timeout
             LOG.warning("election.watermarks_failed", error=str(exc))

@@ -12,13 +12,14 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
-from tests.kafkautil import kafka_local
+from tests.kafkautil import KAFKA_LOCAL
 
 TXN_STATE_PARTITIONS = 50  # transaction.state.log.num.partitions, Kafka's default
 
@@ -60,7 +61,7 @@ class Cluster:
     host: str = "127.0.0.1"
     base_port: int = 0
     heap: str = "-Xmx384m -Xms128m"
-    started_at: dict[int, float] = field(default_factory=dict)
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS: run it there
 
     def __post_init__(self) -> None:
         if not self.base_port:
@@ -87,8 +88,15 @@ class Cluster:
             "KAFKA_LOCAL_HEAP": self.heap,
         }
 
+    def call(self, *args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
+        env = {**self.env(), "KAFKA_LOCAL_PYTHON": sys.executable}
+        cmd = [*self.wrap, str(KAFKA_LOCAL), *args]
+        return subprocess.run(
+            cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout
+        )
+
     def run(self, *args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
-        done = kafka_local(*args, env=self.env(), timeout=timeout)
+        done = self.call(*args, timeout=timeout)
         if done.returncode != 0:
             raise AssertionError(f"kafka-local {' '.join(args)} failed: {done.stderr[-3000:]}")
         return done
@@ -111,14 +119,16 @@ class Cluster:
         self.run("stop", "--node", str(node))
 
     def stop(self) -> None:
-        kafka_local("stop", env=self.env(), timeout=240)
+        self.call("stop")
 
     def running(self) -> dict[int, bool]:
-        out = kafka_local("status", env=self.env(), timeout=30).stdout.splitlines()
+        out = self.call("status", timeout=30).stdout.splitlines()
+        if self.brokers == 1:
+            return {1: bool(out) and out[0].startswith("running")}
         return {int(line.split()[-1]): line.startswith("running") for line in out if line}
 
     def log_dir(self, node: int) -> Path:
-        return self.dir / f"node-{node}" / "data"
+        return self.dir / "data" if self.brokers == 1 else self.dir / f"node-{node}" / "data"
 
     def admin(self) -> AdminClient:
         return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})

@@ -97,6 +97,8 @@ class BridgeProc:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    host: str = "127.0.0.1"  # where its HTTP endpoint listens (a namespace's address)
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
 
     @property
     def log_path(self) -> Path:
@@ -107,12 +109,12 @@ class BridgeProc:
         env = {
             **self.env,
             "BRIDGE_HTTP__PORT": str(self.port),
-            "BRIDGE_HTTP__HOST": "127.0.0.1",
+            "BRIDGE_HTTP__HOST": self.host,
             "BRIDGE_ELECTION__IDENTITY": f"{self.name}-{self.runs}",
         }
         out = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
+            [*self.wrap, sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -122,7 +124,7 @@ class BridgeProc:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            url = f"http://127.0.0.1:{self.port}/status"
+            url = f"http://{self.host}:{self.port}/status"
             with urllib.request.urlopen(url, timeout=2) as answer:
                 data: dict[str, Any] = json.loads(answer.read())
                 return data
@@ -131,7 +133,7 @@ class BridgeProc:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as a:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=3) as a:
                 return a.status, a.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, ResourceType
 
+from bridge.simulator import Simulator, SimulatorConfig
 from tests.cluster import Cluster
-from tests.harness import wait_until
+from tests.harness import bridge_env, finish, flowing, leader_of, running_pair, wait_until
 from tests.kafkautil import create_topic, read_all, unique_topic_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
@@ -91,3 +93,82 @@ def test_cluster_replicates_three_ways_and_survives_a_leader_kill(cluster: Clust
         _restore(cluster)
     values = sorted(r.value or b"" for r in read_all(cluster.bootstrap, topic, timeout=60))
     assert values == sorted(f"{b}-{i}".encode() for b in range(5) for i in range(100))
+
+
+def _committed_end(bootstrap: str, topic: str) -> int:
+    """The sum over partitions of the last stable offset (what read_committed can see)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"lso-{topic}",
+            "isolation.level": "read_committed",
+            "log_level": 0,
+        }
+    )
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        total = 0
+        for p in md.topics[topic].partitions:
+            tp = TopicPartition(topic, p)
+            total += consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+        return total
+    except KafkaException:
+        return -1
+    finally:
+        consumer.close()
+
+
+def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Scenario 6: at 5,000 hits/s, kill -9 the hit partition's leader, then the transaction
+    coordinator, then restart all three nodes one by one: commits resume after each, and
+    nothing is lost or doubled, with one upstream connection at most."""
+    cfg = SimulatorConfig(
+        rate=5000.0, hit_bytes=1000, ghost_s=3.0, replay_on_resume=400_000, resume_window_s=600
+    )
+    with Simulator(cfg) as sim:
+        env = bridge_env(
+            sim,
+            cluster.bootstrap,
+            BRIDGE_LIVESTREAM__RECONNECT_GRACE_S="2",
+            BRIDGE_ELECTION__SESSION_TIMEOUT_MS="6000",
+        )
+        topic, txn = env["BRIDGE_KAFKA__TOPIC"], env["BRIDGE_KAFKA__TRANSACTIONAL_ID"]
+        with running_pair(env, tmp_path) as pair:
+            leader_of(pair)
+            flowing(sim, 20_000)
+
+            def resumed(what: str) -> None:
+                mark, began = _committed_end(cluster.bootstrap, topic), time.monotonic()
+                wait_until(
+                    lambda: _committed_end(cluster.bootstrap, topic) > mark + 5000,
+                    90,
+                    f"commits to resume after {what}",
+                )
+                print(
+                    f"scenario 6: {what}: 5,000 more committed {time.monotonic() - began:.1f}s on"
+                )
+
+            try:
+                for role, victim in (
+                    ("hit partition leader", cluster.leader(topic, 0)),
+                    ("transaction coordinator", cluster.coordinator(txn)),
+                ):
+                    cluster.kill(victim)
+                    resumed(f"kill -9 of the {role} (node {victim})")
+                    cluster.start_node(victim)
+                for node in cluster.nodes:
+                    cluster.stop_node(node)
+                    resumed(f"SIGTERM of node {node}")
+                    cluster.start_node(node)
+                    wait_until(
+                        lambda n=node: n in cluster.replicas(topic, 0)[1],
+                        60,
+                        f"node {node} in sync",
+                    )
+            finally:
+                _restore(cluster)
+            finish(sim, cluster.bootstrap, topic, pair)
+            print(f"scenario 6: max live upstream connections {sim.max_concurrent_connections()}")
+            assert sim.max_concurrent_connections() <= 1

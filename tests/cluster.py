@@ -98,7 +98,10 @@ class Cluster:
     def run(self, *args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
         done = self.call(*args, timeout=timeout)
         if done.returncode != 0:
-            raise AssertionError(f"kafka-local {' '.join(args)} failed: {done.stderr[-3000:]}")
+            err = done.stderr
+            raise AssertionError(
+                f"kafka-local {' '.join(args)} failed: {err[:1500]} ... {err[-1500:]}"
+            )
         return done
 
     def start(self) -> str:

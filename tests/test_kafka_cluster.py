@@ -118,6 +118,15 @@ def _committed_end(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 19 scenario 6, open: after kill -9 of the hit partition's leader (node 3) "
+        "commits did not resume within 90 s; the leader logged election.watermarks_failed "
+        "(_TIMED_OUT) every 5 s for the whole window and the standby's election consumer "
+        "timed out its session (last error Not coordinator)"
+    ),
+)
 def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -18,6 +18,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,6 +269,10 @@ def _faults(run: Run, duration: float) -> list[str]:
     except AssertionError as exc:
         run.say(f"STUCK: {exc}")
         return [f"stuck ({exc})"]
+    except Exception as exc:  # the run's own machinery failed: still check what got through
+        run.say(f"ERROR: {exc!r}")
+        traceback.print_exc()
+        return [f"error ({type(exc).__name__})"]
     return []
 
 

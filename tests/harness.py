@@ -460,10 +460,17 @@ def segment_batches(log_dir: Path, topic: str) -> list[Batch]:
 
 
 def zombie_visible(
-    bootstrap: str, topics: Iterable[str], takeovers_at: Iterable[tuple[float, str]] = ()
+    bootstrap: str,
+    topics: Iterable[str],
+    takeovers_at: Iterable[tuple[float, str]] = (),
+    *,
+    log_dir: Path | None = None,
 ) -> Zombies | None:
-    """Records committed after their writer was deposed (see above); None if unmeasurable."""
-    log_dir = broker_log_dir(bootstrap)
+    """Records committed after their writer was deposed (see above); None if unmeasurable.
+
+    ``log_dir``: the log directory of one in-sync replica of a cluster (a follower's
+    batches are the leader's, byte for byte); by default a single broker's own."""
+    log_dir = log_dir or broker_log_dir(bootstrap)
     if log_dir is None:
         return None
     batches = [b for t in topics for b in segment_batches(log_dir, t)]
@@ -632,16 +639,26 @@ def leader_of(pair: tuple[BridgeProc, BridgeProc]) -> tuple[BridgeProc, BridgePr
     return result
 
 
-def finish(sim: Simulator, bootstrap: str, topic: str, procs: Iterable[BridgeProc] = ()) -> None:
+def finish(
+    sim: Simulator,
+    bootstrap: str,
+    topic: str,
+    procs: Iterable[BridgeProc] = (),
+    *,
+    log_dir: Path | None = None,
+) -> None:
     """Stop emitting, then hold the committed topic against everything emitted; with the
-    replicas given, also count zombie-visible records (where the broker's log is local)."""
+    replicas given, also count zombie-visible records (where the broker's log is local, or
+    in ``log_dir``: see ``zombie_visible``)."""
     sim.set_mode("pause")
     v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
     print(f"verdict: {v.line()}")
     assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
     procs = list(procs)
     if procs:
-        zombies = zombie_visible(bootstrap, [topic, f"{topic}-dlq"], takeovers(procs))
+        zombies = zombie_visible(
+            bootstrap, [topic, f"{topic}-dlq"], takeovers(procs), log_dir=log_dir
+        )
         if zombies is not None:
             print(zombies.line())
             assert zombies.records == 0, zombies.detail

@@ -17,7 +17,9 @@ Faults are rules in a member's own namespace, so they hit exactly that member's 
 each a context manager that undoes itself in ``finally`` and is bounded by ``max_s``
 (a watchdog thread undoes it at the deadline even if the test hangs). ``NetBed.close``
 deletes every namespace, link and rule it made (and ends the processes left in its
-namespaces), and ``sweep()`` removes what a killed earlier run left behind. Processes run
+namespaces), and ``sweep()`` removes what a killed earlier run left behind (a bed
+records its owner's pid in ``OWNERS``, so a sweep never touches the bed of a run still
+going, e.g. a chaos run next to the tests). Processes run
 inside a namespace through ``ip netns exec`` (``Member.wrap``); sockets of this process are
 bound inside one with ``in_namespace`` (setns on the calling thread only).
 
@@ -38,10 +40,13 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 FAMILY = "lbt"  # every name the bed makes starts with this, so sweep() finds leftovers
+TAG_LEN = 4  # hex digits of a bed's tag, right after FAMILY in every name it makes
+OWNERS = Path("/run/lbt-owners")  # <tag> -> the pid of the process that made that bed
 CLONE_NEWNET = 0x40000000
 
 
@@ -82,7 +87,7 @@ class Member:
 class NetBed:
     """See the module docstring."""
 
-    tag: str = field(default_factory=lambda: secrets.token_hex(2))
+    tag: str = field(default_factory=lambda: secrets.token_hex(TAG_LEN // 2))
     members: dict[str, Member] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -94,6 +99,8 @@ class NetBed:
         self.gateway = f"{self.net}.1"
 
     def up(self) -> NetBed:
+        OWNERS.mkdir(parents=True, exist_ok=True)
+        (OWNERS / self.tag).write_text(f"{os.getpid()}\n")
         ip("link", "add", self.bridge, "type", "bridge")
         ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
@@ -235,6 +242,7 @@ class NetBed:
             end_namespace(member.ns)
         ip("link", "del", self.bridge, check=False)
         self.members.clear()
+        (OWNERS / self.tag).unlink(missing_ok=True)
 
 
 def end_namespace(ns: str) -> None:
@@ -246,15 +254,28 @@ def end_namespace(ns: str) -> None:
     ip("netns", "del", ns, check=False)
 
 
+def _orphan(name: str) -> bool:
+    """Is ``name`` one of the bed's, made by a process that is gone?"""
+    if not name.startswith(FAMILY) or name.startswith(f"{FAMILY}probe"):
+        return False  # probes live for a moment and are deleted in a finally
+    owner = OWNERS / name[len(FAMILY) : len(FAMILY) + TAG_LEN]
+    try:
+        os.kill(int(owner.read_text()), 0)
+    except (OSError, ValueError):
+        owner.unlink(missing_ok=True)
+        return True
+    return False
+
+
 def sweep() -> None:
     """Remove the namespaces and bridges an earlier, killed run of the bed left behind."""
     for line in ip("netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.strip() else ""
-        if name.startswith(FAMILY):
+        if _orphan(name):
             end_namespace(name)
     for line in ip("-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(FAMILY):
+        if _orphan(name):
             ip("link", "del", name, check=False)
 
 

@@ -118,13 +118,18 @@ def _committed_end(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+# Not strict: the defect is a race inside librdkafka, hit only when the killed node also
+# leads the election topic's partition and the replica that must begin the next term has an
+# idle election reader (it failed in one of two runs); a strict xfail would fail CI at
+# random whenever the race is not hit.
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason=(
-        "issue 19 scenario 6, open: after kill -9 of the hit partition's leader (node 3) "
-        "commits did not resume within 90 s; the leader logged election.watermarks_failed "
-        "(_TIMED_OUT) every 5 s for the whole window and the standby's election consumer "
-        "timed out its session (last error Not coordinator)"
+        "issue 19 scenario 6, open (bridge): after kill -9 of a node, commits may not resume "
+        "for minutes: KafkaElection._begin_term's get_watermark_offsets on the long-lived, "
+        "idle election reader keeps going to the dead node (librdkafka 2.16 queries the "
+        "cached partition leader and does not refresh it on a timeout), so "
+        "election.watermarks_failed (_TIMED_OUT) every 5 s and no term begins"
     ),
 )
 def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
@@ -136,6 +141,8 @@ def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
     cfg = SimulatorConfig(
         rate=5000.0, hit_bytes=1000, ghost_s=3.0, replay_on_resume=400_000, resume_window_s=600
     )
+    # Kept for a failing run: the replicas' logs and every node's server.log.
+    print(f"scenario 6: replica logs in {tmp_path}, broker logs in {cluster.dir}/node-*/")
     with Simulator(cfg) as sim:
         env = bridge_env(
             sim,
@@ -178,6 +185,8 @@ def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
                     )
             finally:
                 _restore(cluster)
-            finish(sim, cluster.bootstrap, topic, pair)
+            # every node is in sync again: its segments hold every batch and marker
+            log_dir = cluster.log_dir(cluster.leader(topic, 0))
+            finish(sim, cluster.bootstrap, topic, pair, log_dir=log_dir)
             print(f"scenario 6: max live upstream connections {sim.max_concurrent_connections()}")
             assert sim.max_concurrent_connections() <= 1

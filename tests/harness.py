@@ -79,6 +79,8 @@ class BridgeProc:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     runs: int = 0
+    host: str = "127.0.0.1"  # where its HTTP endpoint listens (a namespace's address)
+    wrap: list[str] = field(default_factory=list)  # e.g. ip netns exec NS
 
     @property
     def log_path(self) -> Path:
@@ -89,12 +91,12 @@ class BridgeProc:
         env = {
             **self.env,
             "BRIDGE_HTTP__PORT": str(self.port),
-            "BRIDGE_HTTP__HOST": "127.0.0.1",
+            "BRIDGE_HTTP__HOST": self.host,
             "BRIDGE_ELECTION__IDENTITY": f"{self.name}-{self.runs}",
         }
         out = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
+            [*self.wrap, sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -104,7 +106,7 @@ class BridgeProc:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            url = f"http://127.0.0.1:{self.port}/status"
+            url = f"http://{self.host}:{self.port}/status"
             with urllib.request.urlopen(url, timeout=2) as answer:
                 data: dict[str, Any] = json.loads(answer.read())
                 return data
@@ -113,7 +115,7 @@ class BridgeProc:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as a:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}{path}", timeout=3) as a:
                 return a.status, a.read()
         except urllib.error.HTTPError as err:
             return err.code, err.read()
@@ -441,10 +443,17 @@ def segment_batches(log_dir: Path, topic: str) -> list[Batch]:
 
 
 def zombie_visible(
-    bootstrap: str, topics: Iterable[str], takeovers_at: Iterable[tuple[float, str]] = ()
+    bootstrap: str,
+    topics: Iterable[str],
+    takeovers_at: Iterable[tuple[float, str]] = (),
+    *,
+    log_dir: Path | None = None,
 ) -> Zombies | None:
-    """Records committed after their writer was deposed (see above); None if unmeasurable."""
-    log_dir = broker_log_dir(bootstrap)
+    """Records committed after their writer was deposed (see above); None if unmeasurable.
+
+    ``log_dir``: the log directory of one in-sync replica of a cluster (a follower's
+    batches are the leader's, byte for byte); by default a single broker's own."""
+    log_dir = log_dir or broker_log_dir(bootstrap)
     if log_dir is None:
         return None
     batches = [b for t in topics for b in segment_batches(log_dir, t)]
@@ -613,16 +622,26 @@ def leader_of(pair: tuple[BridgeProc, BridgeProc]) -> tuple[BridgeProc, BridgePr
     return result
 
 
-def finish(sim: Simulator, bootstrap: str, topic: str, procs: Iterable[BridgeProc] = ()) -> None:
+def finish(
+    sim: Simulator,
+    bootstrap: str,
+    topic: str,
+    procs: Iterable[BridgeProc] = (),
+    *,
+    log_dir: Path | None = None,
+) -> None:
     """Stop emitting, then hold the committed topic against everything emitted; with the
-    replicas given, also count zombie-visible records (where the broker's log is local)."""
+    replicas given, also count zombie-visible records (where the broker's log is local, or
+    in ``log_dir``: see ``zombie_visible``)."""
     sim.set_mode("pause")
     v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
     print(f"verdict: {v.line()}")
     assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
     procs = list(procs)
     if procs:
-        zombies = zombie_visible(bootstrap, [topic, f"{topic}-dlq"], takeovers(procs))
+        zombies = zombie_visible(
+            bootstrap, [topic, f"{topic}-dlq"], takeovers(procs), log_dir=log_dir
+        )
         if zombies is not None:
             print(zombies.line())
             assert zombies.records == 0, zombies.detail

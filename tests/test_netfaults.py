@@ -1,0 +1,354 @@
+"""Network faults (issue 19): replicas, broker and simulator in their own network
+namespaces, partitions and lossy links made with nft (and tc netem where the kernel has
+it). Each scenario ends with the same verdict as the process-fault tests: 0 lost, 0
+duplicated, 0 zombie-visible, never two live upstream connections.
+
+Timings are short (grace 2 s, session 6 s), and scenarios that can share a deployment do
+(one bed and broker per module; the failovers 1 and 4 in one run, the faults the leader
+rides out, 5, 3 and 2, in another), so the module stays within CI's budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bridge.simulator as simulator_module
+from bridge.simulator import Simulator, SimulatorConfig
+from tests.cluster import Cluster
+from tests.harness import (
+    BridgeProc,
+    bridge_env,
+    finish,
+    flowing,
+    leader_of,
+    log_events,
+    wait_until,
+)
+from tests.netbed import Member, NetBed, in_namespace, require, sweep
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
+
+SESSION_S = 6.0
+GRACE_S = 2.0
+STALL_S = 5.0
+# The simulator gives up on a client that stopped reading after this long (60 s in the
+# simulator's default, like a real server's long write timeout); shortened so that a
+# partitioned leader's dead stream frees its slot within a test's budget.
+SIM_WRITE_TIMEOUT_S = 8.0
+LOSSY_S = 20.0  # scenario 5: how long the upstream link is lossy (and slow)
+ADOBE_CUT_S = 10.0  # scenario 2: how long the leader is cut from Adobe
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[NetBed]:
+    """The bridge and namespaces for the module: kafka, sim, a, b; deleted at the end."""
+    require()
+    sweep()
+    net = NetBed().up()
+    try:
+        for name in ("kafka", "sim", "a", "b"):
+            net.add(name)
+        yield net
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def broker(bed: NetBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One broker inside the kafka namespace (scripts/kafka-local under ip netns exec)."""
+    member = bed.members["kafka"]
+    c = Cluster(
+        tmp_path_factory.mktemp("netkafka"),
+        brokers=1,
+        host=member.address,
+        base_port=9392,
+        wrap=member.wrap,
+    )
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def sim(bed: NetBed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
+    """The simulator listening inside the sim namespace (its socket is bound there)."""
+    monkeypatch.setattr(simulator_module, "WRITE_TIMEOUT_S", SIM_WRITE_TIMEOUT_S)
+    cfg = SimulatorConfig(
+        host=bed.members["sim"].address,
+        rate=400.0,
+        ghost_s=3.0,
+        replay_on_resume=20000,
+        resume_window_s=300,
+    )
+    s = Simulator(cfg)
+    with in_namespace(bed.members["sim"]):
+        s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def pair(
+    bed: NetBed, broker: Cluster, sim: Simulator, tmp_path: Path
+) -> Iterator[tuple[BridgeProc, BridgeProc]]:
+    """Replicas a and b of one deployment, each in its own namespace."""
+    env = bridge_env(
+        sim,
+        broker.bootstrap,
+        BRIDGE_LIVESTREAM__RECONNECT_GRACE_S=str(GRACE_S),
+        BRIDGE_LIVESTREAM__BACKOFF_CAP_S="4",
+        BRIDGE_LIVESTREAM__STALL_TIMEOUT_S=str(STALL_S),
+        BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP="true",
+        BRIDGE_ELECTION__SESSION_TIMEOUT_MS=str(int(SESSION_S * 1000)),
+    )
+    procs = tuple(
+        BridgeProc(m.name, dict(env), tmp_path, host=m.address, wrap=m.wrap).start()
+        for m in (bed.members["a"], bed.members["b"])
+    )
+    a, b = procs
+    try:
+        yield a, b
+    finally:
+        for proc in (a, b):
+            proc.stop()
+
+
+def member_of(bed: NetBed, proc: BridgeProc) -> Member:
+    return bed.members[proc.name]
+
+
+def streams_from(sim: Simulator, proc: BridgeProc, since: float = 0.0) -> list[dict[str, Any]]:
+    """The simulator's 200 streams from ``proc``'s address started after ``since`` (unix)."""
+    return [
+        a
+        for a in sim.attempts()
+        if a["status"] == 200 and a["client"].split(":")[0] == proc.host and a["t"] >= since
+    ]
+
+
+def verdict(sim: Simulator, broker: Cluster, pair: tuple[BridgeProc, BridgeProc]) -> None:
+    """The common ending: nothing lost, doubled or zombie-visible; one connection at most."""
+    finish(sim, broker.bootstrap, pair[0].env["BRIDGE_KAFKA__TOPIC"], pair)
+    assert sim.max_concurrent_connections() <= 1
+
+
+def _cut_from_kafka_hands_over(
+    bed: NetBed, broker: Cluster, sim: Simulator, pair: tuple[BridgeProc, BridgeProc]
+) -> None:
+    """Scenario 1 on the current leader (see the test below)."""
+    lead, standby = leader_of(pair)
+    flowing(sim, len(sim.emitted_hit_ids()) + 1000)
+    (stream,) = [a for a in streams_from(sim, lead) if a["duration_s"] is None]
+    cut_at, cut_wall = time.monotonic(), time.time()
+    with bed.partition(member_of(bed, lead), broker.host, "both", max_s=90):
+        wait_until(lambda: _ended(sim, stream), 60, "the cut-off leader to close upstream")
+        closed = time.monotonic() - cut_at
+        wait_until(standby.streaming, 60, "the standby to stream")
+        took_over = time.monotonic() - cut_at
+        assert streams_from(sim, lead, cut_wall) == [], "the cut-off leader reconnected"
+    ended = next(a for a in sim.attempts() if a["t"] == stream["t"])
+    print(
+        f"scenario 1: leader closed upstream {closed:.1f}s after the cut ({ended['reason']}); "
+        f"new leader streams after {took_over:.1f}s"
+    )
+    assert closed <= SESSION_S + 5
+    assert "vanished" not in ended["reason"], ended
+    wait_until(lambda: lead.role() == "standby", 60, "the old leader to stand by after healing")
+
+
+def _one_way_cut_hands_over(
+    bed: NetBed,
+    broker: Cluster,
+    sim: Simulator,
+    pair: tuple[BridgeProc, BridgeProc],
+    direction: str,
+) -> None:
+    """Scenario 4 in one direction on the current leader (see the test below)."""
+    lead, standby = leader_of(pair)
+    flowing(sim, len(sim.emitted_hit_ids()) + 1000)
+    cut_at, cut_wall = time.monotonic(), time.time()
+    with bed.partition(member_of(bed, lead), broker.host, direction, max_s=90):
+        wait_until(standby.streaming, 60, "the standby to stream")
+        took_over = time.monotonic() - cut_at
+        assert streams_from(sim, lead, cut_wall) == []
+    print(f"scenario 4 ({direction}): new leader streams after {took_over:.1f}s")
+    wait_until(lambda: lead.role() == "standby", 60, "the old leader to stand by")
+
+
+def _ended(sim: Simulator, stream: dict[str, Any]) -> bool:
+    return any(a["t"] == stream["t"] and a["duration_s"] is not None for a in sim.attempts())
+
+
+def test_leader_cut_from_kafka_hands_over(
+    bed: NetBed, broker: Cluster, sim: Simulator, pair: tuple[BridgeProc, BridgeProc]
+) -> None:
+    """Scenarios 1 and 4, one after the other on whoever leads then: the leader loses Kafka
+    both ways but keeps Adobe (it closes upstream cleanly by itself within the session
+    timeout + 5 s), then only its answers from Kafka ("in"), then only its packets to Kafka
+    ("out"): each time the standby streams, the cut-off leader never reconnects and stands
+    by after healing; in the end nothing is lost, doubled or zombie-visible."""
+    _cut_from_kafka_hands_over(bed, broker, sim, pair)
+    for direction in ("in", "out"):
+        _one_way_cut_hands_over(bed, broker, sim, pair, direction)
+    verdict(sim, broker, pair)
+
+
+def _lossy_upstream(bed: NetBed, sim: Simulator, lead: BridgeProc, standby: BridgeProc) -> None:
+    """Scenario 5 (see the test below)."""
+    delay = 200 if bed.has_netem() else 0
+    before, since, t0 = len(sim.emitted_hit_ids()), time.time(), time.monotonic()
+    with bed.lossy(
+        member_of(bed, lead), bed.members["sim"].address, loss_pct=5, delay_ms=delay, max_s=90
+    ):
+        deadline = time.monotonic() + LOSSY_S
+        while time.monotonic() < deadline:  # the fault lasts this long: not a sync
+            assert lead.role() == "leader"
+            assert standby.role() == "standby"
+            time.sleep(1)
+    during = len(sim.emitted_hit_ids()) - before
+    took = time.monotonic() - t0
+    stalls = [
+        e
+        for e in log_events(lead, "upstream.closed")
+        if e.get("reason") == "stall" and e["ts"] >= since
+    ]
+    print(
+        f"scenario 5: loss 5%, delay {delay} ms: {during} hits in {took:.0f} s, "
+        f"stall closes {stalls}"
+    )
+    assert stalls == []
+    assert streams_from(sim, lead, since) == [], "the connection was not kept"
+    assert during > took * 400 * 0.5
+
+
+def _standby_cut_from_kafka(
+    bed: NetBed, broker: Cluster, sim: Simulator, lead: BridgeProc, standby: BridgeProc
+) -> None:
+    """Scenario 3 (see the test below)."""
+    with bed.partition(member_of(bed, standby), broker.host, "both", max_s=60):
+        deadline = time.monotonic() + 2 * SESSION_S
+        while time.monotonic() < deadline:  # the fault lasts this long: not a sync
+            assert standby.role() != "leader"
+            assert lead.streaming()
+            time.sleep(0.5)
+    wait_until(lambda: standby.role() == "standby", 60, "the standby to rejoin as standby")
+    assert lead.streaming()
+    assert streams_from(sim, standby) == []
+
+
+def _leader_cut_from_adobe(
+    bed: NetBed, sim: Simulator, lead: BridgeProc, standby: BridgeProc
+) -> None:
+    """Scenario 2 (see the test below)."""
+    cut_wall = time.time()
+    with bed.partition(member_of(bed, lead), bed.members["sim"].address, "both", max_s=60):
+        deadline = time.monotonic() + ADOBE_CUT_S
+        while time.monotonic() < deadline:  # the fault lasts this long: not a sync
+            assert lead.role() == "leader"
+            assert standby.role() == "standby"
+            time.sleep(0.5)
+    healed = time.monotonic()
+    wait_until(lambda: streams_from(sim, lead, cut_wall), 60, "the leader to stream again")
+    back = time.monotonic() - healed
+    stalls = [e for e in log_events(lead, "upstream.closed") if e.get("reason") == "stall"]
+    print(f"scenario 2: streaming again {back:.1f}s after healing; stall closes {len(stalls)}")
+    assert streams_from(sim, standby) == []
+    assert lead.role() == "leader"
+
+
+def test_faults_the_leader_rides_out(
+    bed: NetBed, broker: Cluster, sim: Simulator, pair: tuple[BridgeProc, BridgeProc]
+) -> None:
+    """Scenarios 5, 3 and 2 in one deployment, none of which may move the leadership:
+    5 % loss (and 200 ms delay where tc netem exists) on the upstream link keeps the one
+    connection with no stall close; the standby cut from Kafka for two sessions never leads
+    or connects and stays standby once healed; the leader cut from Adobe (both ways) stays
+    the leader and streams again. In the end nothing is lost, doubled or zombie-visible."""
+    lead, standby = leader_of(pair)
+    flowing(sim, 1000)
+    _lossy_upstream(bed, sim, lead, standby)
+    _standby_cut_from_kafka(bed, broker, sim, lead, standby)
+    _leader_cut_from_adobe(bed, sim, lead, standby)
+    verdict(sim, broker, pair)
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 19 scenario 7, open: under libfaketime (monotonic not faked) a +10 min wall "
+        "jump made the leader's election membership expire (publish.fenced UNKNOWN_MEMBER_ID "
+        "at commit), its yield took 15 s and SIGTERM did not end it within 40 s; librdkafka's "
+        "heartbeats stalled. Not yet told apart: libfaketime's pthread_cond_timedwait "
+        "interception vs a real clock-step weakness of librdkafka's timed waits"
+    ),
+)
+def test_wall_clock_jumps_move_no_deadline(
+    bed: NetBed, broker: Cluster, sim: Simulator, tmp_path: Path
+) -> None:
+    """Scenario 7: both replicas' wall clocks jump 10 min forward, then 20 min back (faketime;
+    monotonic untouched): no failover, no stall close, and a cut from Adobe is reconnected
+    within the grace bound: the lease, grace and stall deadlines are monotonic."""
+    if not LIBFAKETIME.exists():
+        pytest.skip("libfaketime is not installed (scripts/test installs the faketime package)")
+    clock = tmp_path / "faketime"
+    clock.write_text("+0\n")
+    env = bridge_env(
+        sim,
+        broker.bootstrap,
+        BRIDGE_LIVESTREAM__RECONNECT_GRACE_S=str(GRACE_S),
+        BRIDGE_LIVESTREAM__BACKOFF_CAP_S="4",
+        BRIDGE_LIVESTREAM__STALL_TIMEOUT_S=str(STALL_S),
+        BRIDGE_LIVESTREAM__ALLOW_INSECURE_HTTP="true",
+        BRIDGE_ELECTION__SESSION_TIMEOUT_MS=str(int(SESSION_S * 1000)),
+        LD_PRELOAD=str(LIBFAKETIME),
+        FAKETIME_TIMESTAMP_FILE=str(clock),
+        FAKETIME_CACHE_DURATION="1",
+        FAKETIME_DONT_FAKE_MONOTONIC="1",
+    )
+    a, b = (
+        BridgeProc(m.name, dict(env), tmp_path, host=m.address, wrap=m.wrap).start()
+        for m in (bed.members["a"], bed.members["b"])
+    )
+    pair = (a, b)
+    try:
+        lead, standby = leader_of(pair)
+        flowing(sim, 1000)
+        clock.write_text("+600\n")
+        deadline = time.monotonic() + 2 * SESSION_S
+        while time.monotonic() < deadline:  # the jumped clock runs this long: not a sync
+            assert lead.streaming()
+            assert standby.role() == "standby"
+            time.sleep(0.5)
+        clock.write_text("-600\n")
+        cut_wall = time.time()
+        with bed.partition(member_of(bed, lead), bed.members["sim"].address, max_s=60):
+            wait_until(
+                lambda: any(
+                    e.get("reason") == "stall" for e in log_events(lead, "upstream.closed")
+                ),
+                STALL_S + 10,
+                "the leader to notice the dead stream",
+            )
+        healed = time.monotonic()
+        wait_until(lambda: streams_from(sim, lead, cut_wall), 60, "the leader to stream again")
+        back = time.monotonic() - healed
+        print(f"scenario 7: clock +10 min then -20 min; streaming again {back:.1f}s after healing")
+        assert back <= GRACE_S + SIM_WRITE_TIMEOUT_S + 3.0 + 4 + 5  # grace, dead slot, ghost, cap
+        assert lead.role() == "leader"
+        assert streams_from(sim, standby) == []
+        verdict(sim, broker, pair)
+    finally:
+        for proc in pair:
+            proc.stop()

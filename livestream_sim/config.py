@@ -29,6 +29,7 @@ class SimulatorConfig:
     total_hits: int | None = _opt(None, "stop producing after this many hits")
     max_connections_allowed: int = _opt(8, "maxConnections above this gets 400")
     ghost_s: float = _opt(60.0, "how long a vanished client's slot stays taken (409)")
+    write_timeout_s: float = _opt(60.0, "a write stuck this long ends the stream (a ghost)")
     resume_window_s: float = _opt(180.0, "a reconnect within this resumes where it stopped")
     replay_on_resume: int = _opt(5, "records re-sent (duplicates) on resume")
     malformed_every: int = _opt(0, "every Nth record is malformed (0: never)")

@@ -19,7 +19,7 @@ Ghost slots (KA-16598): how a 200 stream ends decides whether its slot stays tak
 50 ms while idle; a FIN followed by a RST is still clean): the slot is free at once. Linux
 sends a RST and no FIN when a socket is closed with unread received bytes, so a client that
 wants a clean close calls ``shutdown(SHUT_WR)`` first. *Vanished*: a RST without FIN, a
-failed write, or a write stuck for ``WRITE_TIMEOUT_S``: the slot stays taken for ``ghost_s``
+failed write, or a write stuck for ``write_timeout_s``: the slot stays taken for ``ghost_s``
 seconds, answering 409. Ends the server causes (drops, garbage, truncate, stop) free the slot
 at once and close with FIN, so every fully written record reaches the client.
 """
@@ -43,9 +43,8 @@ from livestream_sim.corpus import BATCH, EMPTY_BLOCK, Corpus, StreamEncoder
 from livestream_sim.recordlog import RecordLog
 from livestream_sim.wire import RESET_NEWEST, RESET_OLDEST, Ended, check_peer, chunk
 
-__all__ = ["MIGRATING_WHY", "MODES", "NOT_ENABLED_WHY", "WRITE_TIMEOUT_S", "Stream", "Streams"]
+__all__ = ["MIGRATING_WHY", "MODES", "NOT_ENABLED_WHY", "Stream", "Streams"]
 
-WRITE_TIMEOUT_S = 60.0
 _POLL_S = 0.05
 _LASTING = ("normal", "status", "stall", "pause", "token_down", "not_enabled", "migrating")
 NOT_ENABLED_WHY = "this stream is not enabled for the latest API version"
@@ -290,7 +289,7 @@ class Streams:
         head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked"
         head += f"\r\nContent-Encoding: {'gzip' if gzip else 'deflate'}\r\n\r\n"
         try:
-            s.sock.settimeout(WRITE_TIMEOUT_S)
+            s.sock.settimeout(self.config.write_timeout_s)
             s.sock.sendall(head.encode() + chunk(encoder.header))
             while True:
                 check_peer(s.sock)

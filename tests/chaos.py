@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-import bridge.simulator as simulator_module
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.chaoscheck import check
 from tests.cluster import Cluster
-from tests.harness import BridgeProc, bridge_env, takeovers, wait_until, zombie_visible
+from tests.harness import BridgeProc, bridge_env, takeovers, zombie_visible
 from tests.netbed import Member, NetBed, in_namespace, require, sweep
+from tests.testutil import wait_until
 
 SHORT_S = 300.0  # runs shorter than this scale every fault and timing down
 BROKER_PORT = 9392  # inside the broker's own namespace, so never taken
@@ -56,7 +56,7 @@ class Timings:
             (20.0, 60.0),
             (10.0, 40.0),
             None,
-            simulator_module.WRITE_TIMEOUT_S,
+            SimulatorConfig.write_timeout_s,
             30.0,
         )
 
@@ -207,12 +207,12 @@ def _stack(workdir: Path, timings: Timings, rate: float, rng: random.Random) -> 
         )
         stack.callback(broker.stop)
         broker.start()
-        simulator_module.WRITE_TIMEOUT_S = timings.write_timeout_s
         sim = Simulator(
             SimulatorConfig(
                 host=bed.members["sim"].address,
                 rate=rate,
                 ghost_s=timings.ghost_s,
+                write_timeout_s=timings.write_timeout_s,
                 # The replay covers what a frozen or dead leader took but never committed:
                 # Live Stream's own replay on resume is all that brings those hits back.
                 replay_on_resume=int(rate * (4 * timings.session_s + 60)),

@@ -15,10 +15,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, ResourceType
 
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.cluster import Cluster
-from tests.harness import bridge_env, finish, flowing, leader_of, running_pair, wait_until
+from tests.harness import bridge_env, finish, flowing, leader_of, running_pair
 from tests.kafkautil import create_topic, read_all, unique_topic_name
+from tests.testutil import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -189,8 +190,12 @@ def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
                     cluster.stop_node(node)
                     resumed(f"SIGTERM of node {node}")
                     cluster.start_node(node)
+
+                    def in_sync(n: int = node) -> bool:
+                        return n in cluster.replicas(topic, 0)[1]
+
                     wait_until(
-                        lambda n=node: n in cluster.replicas(topic, 0)[1],
+                        in_sync,
                         60,
                         f"node {node} in sync",
                     )

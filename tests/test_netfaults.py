@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-import bridge.simulator as simulator_module
-from bridge.simulator import Simulator, SimulatorConfig
+from livestream_sim import Simulator, SimulatorConfig
 from tests.cluster import Cluster
 from tests.harness import (
     BridgeProc,
@@ -27,9 +26,9 @@ from tests.harness import (
     flowing,
     leader_of,
     log_events,
-    wait_until,
 )
 from tests.netbed import Member, NetBed, in_namespace, require, sweep
+from tests.testutil import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -79,11 +78,11 @@ def broker(bed: NetBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cl
 @pytest.fixture
 def sim(bed: NetBed, monkeypatch: pytest.MonkeyPatch) -> Iterator[Simulator]:
     """The simulator listening inside the sim namespace (its socket is bound there)."""
-    monkeypatch.setattr(simulator_module, "WRITE_TIMEOUT_S", SIM_WRITE_TIMEOUT_S)
     cfg = SimulatorConfig(
         host=bed.members["sim"].address,
         rate=400.0,
         ghost_s=3.0,
+        write_timeout_s=SIM_WRITE_TIMEOUT_S,
         replay_on_resume=20000,
         resume_window_s=300,
     )

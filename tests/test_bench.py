@@ -28,6 +28,8 @@ KEYS = (
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bench_run_reports_every_figure(kafka_bootstrap: str) -> None:
+    """The benchmark runs end to end at a tiny size and prints one JSON line with every
+    figure the README quotes."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--hits", "2000"]

@@ -232,53 +232,44 @@ class Streams:
         """A new live stream, or the refusal (fault status, 409); where it starts is the
         resume rule of the module docstring."""
         with self._cond:
-            return self._admit(sock, client, t0, conns, reset, target=target)
-
-    def _admit(
-        self,
-        sock: socket.socket,
-        client: str,
-        t0: float,
-        conns: int,
-        reset: str | None,
-        *,
-        target: str,
-    ) -> Stream | tuple[int, str]:
-        if self._mode == "status":
-            return self._status, "fault injected by the simulator"
-        if self._mode == "not_enabled":
-            return 424, NOT_ENABLED_WHY
-        if self._mode == "migrating":
-            return 503, MIGRATING_WHY
-        now, log = time.monotonic(), self._log
-        self._ghosts = [g for g in self._ghosts if g[2] > now]
-        held = [(s.conns, s.slot) for s in self._live] + [(m, k) for m, k, _ in self._ghosts]
-        if any(m != conns for m, _ in held):
-            return 409, f"maxConnections={conns} differs from the {held[0][0]} other clients use"
-        if len(held) >= conns:
-            ghosts = len(self._ghosts)
-            return 409, f"all {conns} connections in use ({ghosts} held by vanished clients)"
-        slot = min(set(range(conns)) - {k for _, k in held})
-        prev, recent = self._resume.get((conns, slot)), []
-        if reset in RESET_OLDEST:
-            pos = log.base
-        elif reset in RESET_NEWEST or (prev and now - prev[1] > self.config.resume_window_s):
-            pos = log.next_seq
-        elif prev:
-            pos, recent = max(prev[0], log.base), [q for q in prev[2] if q >= log.base]
-        else:
-            pos = log.first_unsent()
-        attempt: dict[str, Any] = {"t": t0, "status": 200, "duration_s": None}
-        attempt |= {"records_sent": 0, "client": client, "reason": "streaming", "conns": conns}
-        attempt["target"] = target
-        self._attempts.append(attempt)
-        rng = random.Random(f"{self.config.seed}:{len(self._attempts)}")
-        kept = deque(recent, maxlen=self.config.replay_on_resume)
-        stream = Stream(sock, conns, slot, attempt, pos, rng, list(recent), kept)
-        stream.fault, self._armed = self._armed, None
-        self._live.append(stream)
-        self._max_live = max(self._max_live, len(self._live))
-        return stream
+            if self._mode == "status":
+                return self._status, "fault injected by the simulator"
+            if self._mode == "not_enabled":
+                return 424, NOT_ENABLED_WHY
+            if self._mode == "migrating":
+                return 503, MIGRATING_WHY
+            now, log = time.monotonic(), self._log
+            self._ghosts = [g for g in self._ghosts if g[2] > now]
+            held = [(s.conns, s.slot) for s in self._live] + [(m, k) for m, k, _ in self._ghosts]
+            if any(m != conns for m, _ in held):
+                return (
+                    409,
+                    f"maxConnections={conns} differs from the {held[0][0]} other clients use",
+                )
+            if len(held) >= conns:
+                ghosts = len(self._ghosts)
+                return 409, f"all {conns} connections in use ({ghosts} held by vanished clients)"
+            slot = min(set(range(conns)) - {k for _, k in held})
+            prev, recent = self._resume.get((conns, slot)), []
+            if reset in RESET_OLDEST:
+                pos = log.base
+            elif reset in RESET_NEWEST or (prev and now - prev[1] > self.config.resume_window_s):
+                pos = log.next_seq
+            elif prev:
+                pos, recent = max(prev[0], log.base), [q for q in prev[2] if q >= log.base]
+            else:
+                pos = log.first_unsent()
+            attempt: dict[str, Any] = {"t": t0, "status": 200, "duration_s": None}
+            attempt |= {"records_sent": 0, "client": client, "reason": "streaming", "conns": conns}
+            attempt["target"] = target
+            self._attempts.append(attempt)
+            rng = random.Random(f"{self.config.seed}:{len(self._attempts)}")
+            kept = deque(recent, maxlen=self.config.replay_on_resume)
+            stream = Stream(sock, conns, slot, attempt, pos, rng, list(recent), kept)
+            stream.fault, self._armed = self._armed, None
+            self._live.append(stream)
+            self._max_live = max(self._max_live, len(self._live))
+            return stream
 
     # -- a 200 stream ----------------------------------------------------------------------
 

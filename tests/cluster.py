@@ -148,5 +148,9 @@ class Cluster:
 
     def coordinator(self, transactional_id: str) -> int:
         """The node leading the transaction state partition of ``transactional_id``."""
-        partition = (java_string_hash(transactional_id) & 0x7FFFFFFF) % TXN_STATE_PARTITIONS
-        return self.leader("__transaction_state", partition)
+        return self.leader("__transaction_state", txn_partition(transactional_id))
+
+
+def txn_partition(transactional_id: str) -> int:
+    """The transaction state partition Kafka keeps ``transactional_id`` in."""
+    return (java_string_hash(transactional_id) & 0x7FFFFFFF) % TXN_STATE_PARTITIONS

@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, ResourceType
 
 from livestream_sim import Simulator, SimulatorConfig
-from tests.cluster import Cluster
+from tests.cluster import Cluster, txn_partition
 from tests.harness import bridge_env, finish, flowing, leader_of, running_pair
 from tests.kafkautil import create_topic, read_all, unique_topic_name
 from tests.testutil import wait_until
@@ -130,28 +130,32 @@ def _committed_end(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-# Not strict: the defect is a race inside librdkafka, hit only when the killed node also
-# leads the election topic's partition and the replica that must begin the next term has an
-# idle election reader (it failed in one of two runs); a strict xfail would fail CI at
-# random whenever the race is not hit.
-@pytest.mark.xfail(
+# Not strict: 1 of 2 runs fails (see the reason); a strict xfail would fail CI at random.
+XFAIL_S6 = pytest.mark.xfail(
     strict=False,
     reason=(
-        "issue 19 scenario 6, open (bridge): after kill -9 of a node, commits may not resume "
-        "for minutes: KafkaElection._begin_term's get_watermark_offsets on the long-lived, "
-        "idle election reader keeps going to the dead node (librdkafka 2.16 queries the "
-        "cached partition leader and does not refresh it on a timeout), so "
-        "election.watermarks_failed (_TIMED_OUT) every 5 s and no term begins"
+        "issue 19 scenario 6, open (bridge): with read_last's metadata refresh, commits now "
+        "resume after every kill; but in 1 of 2 runs the leader hung during the rolling "
+        "restart (after ADDOFFSETS 'concurrent transactions' on the coordinator while node 1 "
+        "was down: no log line for 90 s, commits never resumed after SIGTERM of node 2, and "
+        "SIGTERM did not end the replica within 40 s)"
     ),
 )
+RATE = 1000.0  # hits/s: scenario 6 at a fifth of the issue's 5,000 to fit CI's budget
+STEP = 1000  # "commits resumed": this many more hits committed (a second's worth)
+
+
+@XFAIL_S6
 def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """Scenario 6: at 5,000 hits/s, kill -9 the hit partition's leader, then the transaction
-    coordinator, then restart all three nodes one by one: commits resume after each, and
-    nothing is lost or doubled, with one upstream connection at most."""
+    """Scenario 6: the bridge's topics and its transaction log get 3 replicas with min ISR 2;
+    under load, kill -9 the hit partition's leader (a new one is elected within 30 s), then
+    the transaction coordinator, then restart all three nodes one by one: commits resume
+    after each, every node rejoins the ISR, and nothing is lost or doubled, with one
+    upstream connection at most."""
     cfg = SimulatorConfig(
-        rate=5000.0, hit_bytes=1000, ghost_s=3.0, replay_on_resume=400_000, resume_window_s=600
+        rate=RATE, hit_bytes=1000, ghost_s=3.0, replay_on_resume=80_000, resume_window_s=600
     )
     # Kept for a failing run: the replicas' logs and every node's server.log.
     print(f"scenario 6: replica logs in {tmp_path}, broker logs in {cluster.dir}/node-*/")
@@ -165,40 +169,49 @@ def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
         topic, txn = env["BRIDGE_KAFKA__TOPIC"], env["BRIDGE_KAFKA__TRANSACTIONAL_ID"]
         with running_pair(env, tmp_path) as pair:
             leader_of(pair)
-            flowing(sim, 20_000)
+            flowing(sim, 2 * STEP)
+            for name, partition in (
+                (topic, 0),
+                (env["BRIDGE_ELECTION__TOPIC"], 0),
+                ("__transaction_state", txn_partition(txn)),
+            ):
+                assert sorted(cluster.replicas(name, partition)[0]) == [1, 2, 3], name
+            assert _topic_config(cluster, topic, "min.insync.replicas") == "2"
 
             def resumed(what: str) -> None:
                 mark, began = _committed_end(cluster.bootstrap, topic), time.monotonic()
                 wait_until(
-                    lambda: _committed_end(cluster.bootstrap, topic) > mark + 5000,
+                    lambda: _committed_end(cluster.bootstrap, topic) > mark + STEP,
                     90,
                     f"commits to resume after {what}",
                 )
-                print(
-                    f"scenario 6: {what}: 5,000 more committed {time.monotonic() - began:.1f}s on"
+                took = time.monotonic() - began
+                print(f"scenario 6: {what}: {STEP:,} more committed {took:.1f}s on")
+
+            def back(node: int) -> None:
+                restart = cluster.start_node(node)
+                wait_until(
+                    lambda: node in cluster.replicas(topic, 0)[1], 60, f"node {node} in sync"
                 )
+                print(f"scenario 6: node {node} back in {restart:.1f}s and in sync")
 
             try:
-                for role, victim in (
-                    ("hit partition leader", cluster.leader(topic, 0)),
-                    ("transaction coordinator", cluster.coordinator(txn)),
-                ):
-                    cluster.kill(victim)
-                    resumed(f"kill -9 of the {role} (node {victim})")
-                    cluster.start_node(victim)
+                victim = cluster.leader(topic, 0)
+                cluster.kill(victim)
+                killed_at = time.monotonic()
+                wait_until(lambda: cluster.leader(topic, 0) not in (victim, -1), 30, "a new leader")
+                moved = time.monotonic() - killed_at
+                print(f"scenario 6: partition leader moved {moved:.1f}s after kill -9")
+                resumed(f"kill -9 of the hit partition leader (node {victim})")
+                back(victim)
+                victim = cluster.coordinator(txn)
+                cluster.kill(victim)
+                resumed(f"kill -9 of the transaction coordinator (node {victim})")
+                back(victim)
                 for node in cluster.nodes:
                     cluster.stop_node(node)
                     resumed(f"SIGTERM of node {node}")
-                    cluster.start_node(node)
-
-                    def in_sync(n: int = node) -> bool:
-                        return n in cluster.replicas(topic, 0)[1]
-
-                    wait_until(
-                        in_sync,
-                        60,
-                        f"node {node} in sync",
-                    )
+                    back(node)
             finally:
                 _restore(cluster)
             # every node is in sync again: its segments hold every batch and marker

@@ -8,6 +8,7 @@
 * :func:`kafka_logger`: where librdkafka logs go, with repeated lines held back.
 * :data:`ProducerFactory`: what makes a producer from its config; the writer takes one
   (``confluent_kafka.Producer`` by default) so tests can hand in a fake.
+* :func:`bounded`: a blocking transactional call that cannot outstay its timeout.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from bridge.observability import EventLog
 __all__ = [
     "LIBRDKAFKA_REPEAT_S",
     "MESSAGE_MAX_BYTES",
+    "WEDGE_GRACE_S",
     "ErrorLog",
     "ProducerFactory",
     "admin_config",
+    "bounded",
     "discard",
     "fatal_error",
     "give_back_freed_memory",
@@ -47,6 +50,10 @@ __all__ = [
 MESSAGE_MAX_BYTES = 1_048_576  # a 1,000,000-byte record plus key and headers; broker: 1,048,588
 
 LIBRDKAFKA_REPEAT_S = 30.0  # one distinct librdkafka log line per this long
+
+# How long past its own timeout a transactional call may run before its producer counts
+# as wedged (see bounded()).
+WEDGE_GRACE_S = 5.0
 
 # Makes a producer from its librdkafka config. Any: confluent_kafka's Producer is untyped,
 # and a test's fake only needs the calls the writer makes.
@@ -171,6 +178,43 @@ def replay(
                 break
             except BufferError:
                 poll(0.05)
+
+
+def bounded(call: Callable[[], None], timeout: float, what: str) -> None:
+    """Run ``call`` (a blocking librdkafka call given ``timeout``) in its own thread and
+    wait at most ``timeout`` + :data:`WEDGE_GRACE_S`; past that, raise a fatal
+    ``_TIMED_OUT`` ``KafkaException`` (the caller replaces the producer), leaving the call
+    to finish, if ever, in its daemon thread. Whatever ``call`` raises is raised here.
+
+    librdkafka does not always keep its timeouts: ``send_offsets_to_transaction`` waits
+    forever when the group coordinator left the cluster's metadata (a broker's controlled
+    shutdown) and its coordinator request is never re-driven (librdkafka issues #5456 and
+    #5511). Made from the pump's own thread, such a call also keeps Python's signal
+    handlers from ever running there, so SIGTERM could not end the process either.
+    """
+    done = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # any: the waiting thread raises it as is
+            raised.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"kafka-{what}", daemon=True).start()
+    if not done.wait(timeout + WEDGE_GRACE_S):
+        raise KafkaException(
+            KafkaError(
+                KafkaError._TIMED_OUT,
+                f"{what} still blocked {timeout + WEDGE_GRACE_S:.1f}s after it was called with "
+                f"a {timeout:.1f}s timeout: the producer is wedged",
+                fatal=True,
+            )
+        )
+    if raised:
+        raise raised[0]
 
 
 def fatal_error(producer: Any, err: KafkaError) -> KafkaError:

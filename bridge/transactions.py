@@ -31,6 +31,7 @@ from bridge.kafkaclients import (
     MESSAGE_MAX_BYTES,
     ErrorLog,
     ProducerFactory,
+    bounded,
     discard,
     fatal_error,
     init_transactions,
@@ -286,7 +287,7 @@ class TransactionalWriter:
                     self._send_offsets(timeout)
                 self._outcome.committing = True  # from here on the outcome may be unknown
                 with self._metrics.transaction_commit.time():  # failed calls too
-                    producer.commit_transaction(timeout)
+                    bounded(lambda: producer.commit_transaction(timeout), timeout, "commit")
         except KafkaException as exc:
             self._fail(exc.args[0], "commit")
             return False
@@ -305,8 +306,9 @@ class TransactionalWriter:
         # generation would go unnoticed.
         if not any(tp.offset >= 0 for tp in offsets):
             raise PublishError("the election gave no valid offset: the commit would not be fenced")
-        self._generation = self._fencing.group_metadata()
-        self._producer.send_offsets_to_transaction(offsets, self._generation, timeout)
+        self._generation = gen = self._fencing.group_metadata()
+        send = self._producer.send_offsets_to_transaction
+        bounded(lambda: send(offsets, gen, timeout), timeout, "send_offsets")
         self._offsets_sent = True
 
     def _committed(self) -> None:

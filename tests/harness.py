@@ -93,6 +93,9 @@ class BridgeProc:
             "BRIDGE_HTTP__PORT": str(self.port),
             "BRIDGE_HTTP__HOST": self.host,
             "BRIDGE_ELECTION__IDENTITY": f"{self.name}-{self.runs}",
+            # A replica that does not stop in time dumps every thread's stack into its log
+            # (stop() sends SIGABRT before SIGKILL): where it hung is the evidence.
+            "PYTHONFAULTHANDLER": "1",
         }
         out = self.log_path.open("wb")
         self.proc = subprocess.Popen(
@@ -141,7 +144,8 @@ class BridgeProc:
         return self.proc.wait(timeout)
 
     def stop(self, timeout: float = 40) -> int | None:
-        """SIGTERM and wait; kill if it does not exit in time (then the test fails)."""
+        """SIGTERM and wait; if it does not exit in time, SIGABRT (its faulthandler writes
+        every thread's stack to its log), then SIGKILL, and the test fails."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGCONT)
@@ -149,9 +153,14 @@ class BridgeProc:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"{self.name} did not stop within {timeout}s") from None
+        raise AssertionError(
+            f"{self.name} did not stop within {timeout}s (thread stacks in {self.log_path})"
+        )
 
     def logs(self) -> str:
         return "".join(
@@ -666,6 +675,23 @@ def running_pair(env: dict[str, str], log_dir: Path) -> Iterator[tuple[BridgePro
     b.start()
     try:
         yield a, b
-    finally:
-        for proc in (a, b):
+    except BaseException as exc:
+        # The body's own failure is the one to see; a replica that then fails to stop is
+        # noted on it, never put in its place.
+        for problem in stop_all((a, b)):
+            exc.add_note(f"and then: {problem}")
+        raise
+    problems = stop_all((a, b))
+    if problems:
+        raise AssertionError("; ".join(str(p) for p in problems))
+
+
+def stop_all(procs: Iterable[BridgeProc]) -> list[AssertionError]:
+    """Stop every one of ``procs`` (one that hangs does not keep the others running)."""
+    problems = []
+    for proc in procs:
+        try:
             proc.stop()
+        except AssertionError as exc:
+            problems.append(exc)
+    return problems

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.testutil import free_ports
+from tests.testutil import free_ports, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "scripts" / "demo"
@@ -263,14 +263,20 @@ def _assert_nothing_left(demo: Demo) -> None:
 
 
 def _assert_one_leader(demo: Demo) -> str:
-    """Both replicas answer /status, exactly one leads, and both name it."""
-    statuses = {
-        name: _status(port) for name, port in (("bridge-a", demo.port_a), ("bridge-b", demo.port_b))
-    }
-    leaders = [name for name, status in statuses.items() if status["role"] == "leader"]
-    assert len(leaders) == 1, statuses
-    assert {status["leader"] for status in statuses.values()} == {leaders[0]}, statuses
-    return leaders[0]
+    """Both replicas answer /status, exactly one leads, and both name it (the standby learns
+    the name by observing the election, so this is waited for, briefly)."""
+
+    def one_leader() -> str | None:
+        statuses = {
+            name: _status(port)
+            for name, port in (("bridge-a", demo.port_a), ("bridge-b", demo.port_b))
+        }
+        leaders = [name for name, status in statuses.items() if status["role"] == "leader"]
+        if len(leaders) == 1 and {s["leader"] for s in statuses.values()} == {leaders[0]}:
+            return leaders[0]
+        return None
+
+    return wait_until(one_leader, 15, "exactly one leader, named by both replicas")
 
 
 def test_demo_script_parses() -> None:

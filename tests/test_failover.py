@@ -161,7 +161,12 @@ def test_pair_holds_exactly_one_connection(
     backend.assert_holds(lead)
     assert sim.max_concurrent_connections() == 1
     assert [a for a in sim.attempts() if a["status"] == 409] == []
-    assert lead.status()["leader"] == standby.status()["leader"] == identity(lead)  # type: ignore[index]
+    # A standby learns the leader's name by observing the election, a moment after it runs.
+    wait_until(
+        lambda: lead.status()["leader"] == standby.status()["leader"] == identity(lead),  # type: ignore[index]
+        15,
+        "both replicas to name the leader",
+    )
     finish(sim, kafka_bootstrap, lead.env["BRIDGE_KAFKA__TOPIC"], pair)
 
 

@@ -388,6 +388,8 @@ def test_outage_beyond_the_resume_window_loses_what_live_stream_skips(
             sim.set_mode("status", code=503)
             sim.drop_connections(mid_chunk=False)
             wait_until(lambda: sim.live_connections() == 0, 10, "the drop")
+            # With no stream live (and every request refused) these stay put until the resume.
+            sent_before_drop = len(sim.emitted_hit_ids())
             produced_at_drop = sim.state()["produced"]
             gone_at = time.time()
             # Refused until the window has certainly passed (the fault, not a synchronisation).
@@ -396,17 +398,47 @@ def test_outage_beyond_the_resume_window_loses_what_live_stream_skips(
                 30,
                 "the resume window to pass",
             )
+            # The resumed stream is admitted after this read and before the one below, so it
+            # starts at a seq between the two, if it starts at the newest hit.
+            produced_before_resume = sim.state()["produced"]
+            normal_at = time.time()
             sim.set_mode("normal")
-            rec = recovered(sim, time.time(), timeout=CAP_S + 10)
-            resumed = first_stream_after(sim.attempts, gone_at)
+            # The first 200 since the drop (a request that arrived just before set_mode and
+            # was admitted just after carries an earlier time than normal_at).
+            resumed = wait_until(
+                lambda: first_stream_after(sim.attempts, gone_at),
+                CAP_S + 10,
+                "a new upstream stream",
+            )
+            produced_after_resume = sim.state()["produced"]
             flowing(sim, len(sim.emitted_hit_ids()) + 500)
-            v = finish("beyond resume window", sim, [bridge], kafka_bootstrap, recovery_s=rec)
-            # Every record is a hit here: what was produced but never emitted was skipped.
-            skipped = sim.state()["produced"] - v.emitted
-            expected = RATE * (resumed - gone_at)
-            print(f"skipped by Live Stream: {skipped} (rate x outage = {expected:.0f})")
-            assert produced_at_drop < sim.state()["produced"]
-            assert abs(skipped - expected) <= RATE * 1.0, (skipped, expected)
+            rec = max(0.0, resumed - normal_at)
+            finish("beyond resume window", sim, [bridge], kafka_bootstrap, recovery_s=rec)
+            # What was never sent, from the simulator's own record, up to the newest hit it
+            # sent: what it still had queued when the scenario ended is not a skip.
+            seq_of = {sim.corpus.hit_id(seq): seq for seq in range(sim.state()["produced"])}
+            assert None not in seq_of, "every record is a hit in this scenario"
+            sent = sorted(seq_of[hit] for hit in sim.emitted_hit_ids())
+            skipped = sorted(set(range(sent[-1])) - set(sent))
+            assert skipped, "nothing was skipped: the resume window did not pass"
+            first, resumed_at = skipped[0], skipped[-1] + 1
+            print(
+                f"skipped by Live Stream: {len(skipped)} = {produced_at_drop - first} queued "
+                f"but unsent at the drop + {resumed_at - produced_at_drop} produced during the "
+                f"outage (rate x outage = {RATE * (resumed - gone_at):.0f})"
+            )
+            # One skip, with nothing else missing before or after it ...
+            assert skipped == list(range(first, resumed_at)), "more than one gap"
+            # ... from the first hit the dropped stream had not fully written ...
+            assert first == sent_before_drop, (first, sent_before_drop)
+            # ... to the newest hit when the resumed stream was admitted.
+            assert produced_before_resume <= resumed_at <= produced_after_resume, (
+                produced_before_resume,
+                resumed_at,
+                produced_after_resume,
+            )
+            # The outage outlasted the window by a second: at least a window's worth skipped.
+            assert resumed_at - produced_at_drop >= RATE * window_s, (produced_at_drop, resumed_at)
         finally:
             assert bridge.stop() == 0
 

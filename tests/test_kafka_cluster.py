@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, ResourceType
 
 from livestream_sim import Simulator, SimulatorConfig
@@ -45,8 +45,18 @@ def _restore(cluster: Cluster) -> None:
 def _topic_config(cluster: Cluster, topic: str, key: str) -> str:
     res = ConfigResource(ResourceType.TOPIC, topic)
     admin = cluster.admin()  # held: the futures fail if the client is collected first
-    entries = admin.describe_configs([res], request_timeout=10)[res].result(10)
-    return str(entries[key].value)
+
+    def read() -> str | None:
+        try:
+            entries = admin.describe_configs([res], request_timeout=10)[res].result(10)
+        except KafkaException as exc:
+            # A node that has not yet seen the new topic's metadata answers "unknown".
+            if exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None
+            raise
+        return str(entries[key].value)
+
+    return wait_until(read, 30, f"{topic}'s {key} to be readable")
 
 
 def test_cluster_replicates_three_ways_and_survives_a_leader_kill(cluster: Cluster) -> None:
@@ -130,22 +140,10 @@ def _committed_end(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-# Not strict: 1 of 2 runs fails (see the reason); a strict xfail would fail CI at random.
-XFAIL_S6 = pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "issue 19 scenario 6, open (bridge): with read_last's metadata refresh, commits now "
-        "resume after every kill; but in 1 of 2 runs the leader hung during the rolling "
-        "restart (after ADDOFFSETS 'concurrent transactions' on the coordinator while node 1 "
-        "was down: no log line for 90 s, commits never resumed after SIGTERM of node 2, and "
-        "SIGTERM did not end the replica within 40 s)"
-    ),
-)
 RATE = 1000.0  # hits/s: scenario 6 at a fifth of the issue's 5,000 to fit CI's budget
 STEP = 1000  # "commits resumed": this many more hits committed (a second's worth)
 
 
-@XFAIL_S6
 def test_bridge_under_load_survives_broker_kills_and_a_rolling_restart(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -10,6 +10,7 @@ rides out, 5, 3, 2 and the clock jumps of 7, in another), so the module stays wi
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -327,8 +328,13 @@ def _wall_clock_jumps(
         jumped = time.monotonic()
         for proc in (lead, standby):
             # /status's seconds_in_role is wall-clock: it shows the jump took effect
+            def jumped_by(
+                p: BridgeProc = proc, b: float = before[proc.name], d: int = shift - was
+            ) -> bool:
+                return abs(_in_role(p) - b - d) < 30
+
             wait_until(
-                lambda p=proc, b=before[proc.name], d=shift - was: abs(_in_role(p) - b - d) < 30,
+                jumped_by,
                 5,
                 f"{proc.name}'s wall clock to jump by {shift - was} s",
             )
@@ -336,7 +342,9 @@ def _wall_clock_jumps(
         since = time.time()
         sim.drop_connections(mid_chunk=True)
         (back,) = wait_until(
-            lambda s=since: streams_from(sim, lead, s), GRACE_S + 15, "the leader to reconnect"
+            functools.partial(streams_from, sim, lead, since),
+            GRACE_S + 15,
+            "the leader to reconnect",
         )
         (gap,) = reconnect_gaps([streams_from(sim, lead)[-2], back])
         deadline = jumped + SESSION_S + 2

@@ -388,3 +388,39 @@ def test_fatal_error_in_commit_replays_only_what_did_not_commit(
     assert [r.value for r in read_all(kafka_bootstrap, dlq)] == [b"not json"]
     assert metrics.records_published._value.get() == len(first) + len(later)
     assert metrics.records_dead_lettered.labels(reason="not_json")._value.get() == 1
+
+
+def test_a_wedged_send_offsets_replaces_the_producer_and_replays(
+    fake: type[FakeProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send_offsets_to_transaction that outstays its timeout (librdkafka can block there
+    for good when the group coordinator left the cluster) no longer holds the writer: past a
+    grace the producer is given up as fatal, and a new one commits the same records."""
+    import threading
+
+    from bridge import kafkaclients
+
+    monkeypatch.setattr(kafkaclients, "WEDGE_GRACE_S", 0.2)
+    release = threading.Event()
+
+    class WedgedProducer(FakeProducer):
+        def send_offsets_to_transaction(self, offsets: Any, meta: Any, timeout: float) -> None:
+            if self is FakeProducer.instances[0]:
+                release.wait(30)  # librdkafka's wedged call: never returns by itself
+            super().send_offsets_to_transaction(offsets, meta, timeout)
+
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", topic="hits", dlq_topic="dlq")
+    pub = Publisher(kafka, PublishSettings(), Metrics(), producer_factory=WedgedProducer)
+    try:
+        pub.begin(StubFencing())
+        pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
+        began = time.monotonic()
+        pub.commit()
+        assert time.monotonic() - began < 10  # STEP_S (2 s) + the grace, not forever
+        assert len(fake.instances) == 2
+        assert [v for _, v, _, _ in fake.instances[0].committed] == []
+        assert [v for _, v, _, _ in fake.instances[1].committed] == [
+            b'{"hitIdHigh":1,"hitIdLow":1}'
+        ]
+    finally:
+        release.set()

@@ -10,19 +10,22 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter
+from collections.abc import Iterator
 
-from bridge.classify import Header
+from bridge.classify import Headers
 from bridge.observability import Metrics
 
 __all__ = ["FULL", "REFUSED", "TAKEN", "TXN_MAX_BYTES", "Added", "Batch", "Kept"]
 
 TXN_MAX_BYTES = 16 * 1024 * 1024  # commit early when the open transaction holds this much
 
-# One kept message: topic, value, key, headers, dead-letter reason (None: a hit). Tuples
-# only: a kept message holds no list or dict, so the cyclic GC untracks it the first time it
-# sees it instead of promoting thousands of them per transaction to the oldest generation
-# (whose collections would then walk the whole heap every few transactions).
-Kept = tuple[str, bytes, str | None, tuple[Header, ...], str | None]
+# One kept message: topic, value, key, dead-letter reason (None: a hit); its headers are
+# kept apart, in ``Batch.headers``. A kept message holds no list or dict, so the cyclic GC
+# untracks it the first time it sees it instead of promoting thousands of them per
+# transaction to the oldest generation (whose collections would then walk the whole heap
+# every few transactions). A tuple holding a dict is never untracked, while a dict of
+# strings is never tracked: the headers dicts go in a list of their own, as produced.
+Kept = tuple[str, bytes, str | None, str | None]
 
 
 class Added(enum.Enum):
@@ -37,17 +40,19 @@ TAKEN, FULL, REFUSED = Added.TAKEN, Added.FULL, Added.REFUSED
 
 
 class Batch:
-    """The messages of the open transaction (``kept``, in order) and what they count:
+    """The messages of the open transaction (``kept``, in order, and their ``headers``) and
+    what they count:
     ``bytes`` of values, ``hits``, dead letters per reason (``dlq``), each hit's own time
     (``stamps``, for the freshness metrics) and when the first one was kept (``started``).
 
-    ``kept`` and ``stamps`` are cleared in place, never replaced: the writer's hot path
-    holds them.
+    ``kept``, ``headers`` and ``stamps`` are cleared in place, never replaced: the writer's
+    hot path holds them.
     """
 
     def __init__(self, max_records: int) -> None:
         self.max_records = max_records  # commit at this many messages (or TXN_MAX_BYTES)
         self.kept: list[Kept] = []
+        self.headers: list[Headers] = []  # kept[i]'s headers
         self.bytes = 0
         self.hits = 0
         self.stamps: list[object] = []
@@ -57,12 +62,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.kept)
 
+    def messages(self) -> Iterator[tuple[str, bytes, str | None, Headers]]:
+        """The kept messages in order: topic, value, key, headers."""
+        for (topic, value, key, _), headers in zip(self.kept, self.headers, strict=True):
+            yield topic, value, key, headers
+
     def topics(self, first: str) -> list[str]:
         """The topics of the kept messages, ``first`` (if among them) first."""
         return sorted({m[0] for m in self.kept}, key=lambda t: t != first)
 
     def clear(self) -> None:
         self.kept.clear()
+        self.headers.clear()
         self.stamps.clear()
         self.bytes = self.hits = 0
         self.dlq.clear()

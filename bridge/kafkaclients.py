@@ -164,17 +164,17 @@ def init_transactions(producer: Any, kafka: KafkaSettings, deadline: float) -> A
 
 def replay(
     producer: Any,
-    messages: Iterable[tuple[str, bytes, str | None, tuple[tuple[str, str], ...], object]],
+    messages: Iterable[tuple[str, bytes, str | None, dict[str, str]]],
     mark: Callable[[KafkaError | None, Any], None],
 ) -> None:
     """Produce ``messages`` (topic, value, key, headers, ...) again, in order, waiting while
     the producer is full; the first asks for delivery report ``mark``."""
     produce, poll = producer.produce, producer.poll
-    for i, (topic, value, key, headers, _) in enumerate(messages):
+    for i, (topic, value, key, headers) in enumerate(messages):
         while True:
             try:
                 kw = {} if i else {"on_delivery": mark}
-                produce(topic, value, key, headers=list(headers), **kw)
+                produce(topic, value, key, headers=headers, **kw)
                 break
             except BufferError:
                 poll(0.05)

@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from bridge.batch import FULL, REFUSED, TAKEN, TXN_MAX_BYTES, Added, Batch
-from bridge.classify import Header
+from bridge.classify import Headers
 from bridge.config import KafkaSettings, PublishSettings
 from bridge.election.base import Fencing
 from bridge.errors import FencedError, KafkaSetupError, PublishError
@@ -143,7 +143,7 @@ class TransactionalWriter:
         topic: str,
         value: bytes,
         key: str | None,
-        headers: list[Header],
+        headers: Headers,
         reason: str | None = None,
         stamp: object = None,
         sampled_at: float | None = None,
@@ -152,7 +152,8 @@ class TransactionalWriter:
         producer is full, ``PublishError`` after the outage limit (then it was not taken).
 
         ``reason`` None: a hit (``stamp`` its timestamp for the freshness metrics); else a
-        dead letter of that reason. ``sampled_at``: the receive time whose publish latency
+        dead letter of that reason. ``headers`` is kept as it is: the caller must not
+        change it afterwards. ``sampled_at``: the receive time whose publish latency
         the delivery report observes. A hit too large for the topic is ``REFUSED``.
         """
         batch = self._batch
@@ -169,7 +170,8 @@ class TransactionalWriter:
             return REFUSED
         if not kept:
             batch.started = self._clock()
-        kept.append((topic, value, key, tuple(headers), reason))
+        kept.append((topic, value, key, reason))
+        batch.headers.append(headers)
         size = batch.bytes = batch.bytes + len(value)
         if reason is None:
             batch.hits += 1
@@ -183,7 +185,7 @@ class TransactionalWriter:
         topic: str,
         value: bytes,
         key: str | None,
-        headers: list[Header],
+        headers: Headers,
         reason: str | None,
         sampled_at: float | None,
     ) -> bool:
@@ -328,7 +330,7 @@ class TransactionalWriter:
     def _replay(self) -> None:
         """Re-produce every kept record into the new transaction, in the original order."""
         try:
-            replay(self._producer, self._batch.kept, self._outcome.report(None))
+            replay(self._producer, self._batch.messages(), self._outcome.report(None))
         except KafkaException:
             self._need_abort = True  # a half replayed transaction must not be committed
             raise

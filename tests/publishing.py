@@ -115,7 +115,9 @@ class FakeProducer:
 
     def produce(self, topic: str, value: bytes, key: Any = None, **kw: Any) -> None:
         self._maybe_fail("produce")
-        headers = list(kw.get("headers") or [])
+        raw = kw.get("headers") or []
+        # Like confluent-kafka: a dict of headers or a list of pairs, in the order given.
+        headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
         size = len(value) + len(key or "") + sum(len(k) + len(str(v)) for k, v in headers)
         if size > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))

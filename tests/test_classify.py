@@ -1,9 +1,11 @@
 """The record rules of bridge.classify, and the Publisher's inlined fast path agreeing with
-them on every generated record (hit or dead letter, key, hit-id, report-suite, received-at)."""
+them on every generated record (hit or dead letter, key, hit-id, report-suite, received-at);
+bridge.fields' native-speed reader giving orjson's answer, value and type, on any bytes."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,8 +25,10 @@ from bridge.classify import (
     received_at_header,
 )
 from bridge.decode import OversizedRecord
+from bridge.fields import FIELDS, FieldReader, Fields, reference_fields
 from tests.publishing import NOW, FakeProducer, fake_publisher, sent
 from tests.publishing import fake_fixture as _fake_fixture  # noqa: F401 - the `fake` fixture
+from tests.test_hostile import field_value, hit_line, hostile_line
 
 U64 = (1 << 64) - 1
 
@@ -151,3 +155,195 @@ def test_a_dead_letter_keeps_the_head_of_an_oversized_record() -> None:
     assert headers == [("reason", OVERSIZED), ("received-at", "1"), ("original-size", "5000000")]
     value, headers = dead_letter(b"[1]", NOT_OBJECT, "1", 1_048_576)
     assert (value, len(headers)) == (b"[1]", 2)
+
+
+# -- bridge.fields: the native-speed reader against orjson ---------------------------------
+
+READER = FieldReader()  # one parser for every example, as the publisher holds one
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal values of equal types, all the way down: ``1 == 1.0 == True`` and ``0.0 == -0.0``
+    would hide a difference. Iterative: values nest over a thousand levels deep."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, Fields):
+            assert isinstance(y, Fields)
+            stack.extend((getattr(x, f), getattr(y, f)) for f in FIELDS)
+        elif isinstance(x, float):
+            assert isinstance(y, float)
+            if x != y or math.copysign(1.0, x) != math.copysign(1.0, y):
+                return False
+        elif isinstance(x, list):
+            assert isinstance(y, list)
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y, strict=True))
+        elif isinstance(x, dict):
+            assert isinstance(y, dict)
+            if list(x) != list(y):  # the order of the keys too: orjson.dumps of an id keeps it
+                return False
+            stack.extend((x[k], y[k]) for k in x)
+        elif x != y:
+            return False
+    return True
+
+
+def _agrees(record: bytes) -> None:
+    got, want = READER.read(record), reference_fields(record)
+    assert _same(got, want), (record[:200], got, want)
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@st.composite
+def _objects(draw: st.DrawFn) -> bytes:
+    """An object written as text, so a key may repeat, plainly or spelled with escapes."""
+    pairs = []
+    for _ in range(draw(st.integers(0, 8))):
+        name = draw(st.sampled_from(FIELDS) | st.text(max_size=6))
+        if draw(st.booleans()):
+            key = json.dumps(name, ensure_ascii=draw(st.booleans()))
+        else:  # the same key, every character escaped
+            key = '"' + "".join(f"\\u{ord(c):04x}" for c in name) + '"'
+        value = json.dumps(draw(_JSON), ensure_ascii=draw(st.booleans()))
+        pairs.append(f"{key}:{value}")
+    return ("{" + ",".join(pairs) + "}").encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> bytes:
+    """A record with a few bytes replaced, inserted or deleted."""
+    data = bytearray(draw(_objects() | hit_line()))
+    for _ in range(draw(st.integers(1, 3))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        byte = draw(st.sampled_from(b'\x00\xff\x80\xc3\xed\xef"\\{}[],:0-eE.u\t '))
+        op = draw(st.integers(0, 2))
+        if op == 0:
+            data[at] = byte
+        elif op == 1:
+            data.insert(at, byte)
+        else:
+            del data[at]
+    return bytes(data)
+
+
+_MANY = settings(
+    max_examples=1500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@_MANY
+@given(hostile_line | hit_line() | field_value())
+def test_the_reader_agrees_with_orjson_on_hostile_records(record: bytes) -> None:
+    """Invalid UTF-8, lone surrogates, NUL, BOM, NaN, huge numbers, deep nesting, duplicate
+    ids, top-level non-objects: the reader's verdict and fields are orjson's."""
+    _agrees(record)
+
+
+@_MANY
+@given(_objects())
+def test_the_reader_keeps_the_last_of_duplicate_keys(record: bytes) -> None:
+    """A key given twice, plainly or escaped: the last value wins, as with orjson, and every
+    value comes back with orjson's type (int, float, nested dict key order included)."""
+    _agrees(record)
+
+
+@_MANY
+@given(_mutated() | st.binary(max_size=200))
+def test_the_reader_agrees_with_orjson_on_broken_bytes(record: bytes) -> None:
+    """Records with bytes flipped, inserted or deleted, and random bytes: orjson's verdict."""
+    _agrees(record)
+
+
+def _deep(n: int) -> bytes:
+    return b'{"hitIdHigh":1,"x":' + b"[" * n + b"0" + b"]" * n + b"}"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b'\xef\xbb\xbf{"hitIdHigh":1}',  # simdjson accepts a BOM, orjson does not
+        b'{"hitIdHigh":18446744073709551615,"hitIdLow":1}',  # u64: an int
+        b'{"hitIdHigh":18446744073709551616,"hitIdLow":1}',  # beyond: a float for orjson
+        b'{"hitIdHigh":-9223372036854775809,"hitIdLow":1}',
+        b'{"x":1e999}',
+        b'{"x":' + b"1" * 400 + b"}",
+        b'{"x":1e-400,"y":-1e-400,"timeGMT":-0,"receivedTimeGMT":0.1e1}',
+        b'{"reportSuite":1.7976931348623157e308,"timeGMT":2.2250738585072011e-308}',
+        b'{"hitIdHigh":9007199254740993.0,"hitIdLow":0.30000000000000004441}',
+        b'{"hitIdHigh":1,"x":NaN}',
+        b'{"x":"\\ud800"}',
+        b'{"x":"a\x00"}',
+        b'{"x":"\xed\xa0\x80"}',
+        b'{"\xff":1,"hitIdHigh":1}',
+        b'{"hitIdHigh":1}\x00',
+        b'{"hitIdHigh":1,"hitIdHigh":2}',
+        b'{"hitIdHigh":1,"hit\\u0049dHigh":5}',
+        b'{"hitIdHigh":{"a":1,"b":2,"a":3},"hitIdLow":[{"k":1,"k":[2]}]}',
+        _deep(1022),
+        _deep(1023),
+        _deep(1024),
+        _deep(1025),
+        b" \t\r\n{}\r\n ",
+        b"\x0c{}",
+        b"[]",
+        b"1",
+        b"",
+        b'"\\ud800"',
+        b"18446744073709551616",
+    ],
+)
+def test_the_reader_agrees_with_orjson_on_the_edge_cases(record: bytes) -> None:
+    """Each case where simdjson or msgspec alone would answer otherwise than orjson."""
+    _agrees(record)
+
+
+@settings(
+    max_examples=500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
+)
+@given(hostile_line | _objects() | _mutated())
+def test_the_publisher_agrees_with_classify_on_hostile_records(
+    fake_publishers: type[FakeProducer], record: bytes
+) -> None:
+    """Through the publisher's reader, a hostile record is the hit or dead letter classify
+    makes of it with orjson: same topic, key, hit-id and report-suite."""
+    fake_publishers.instances = []
+    pub, _ = fake_publisher(report_suite="cfg.rs", dedupe_window=0, dedupe_seed=False)
+    pub.begin(None)
+    pub.publish(record, NOW)
+    ((topic, value, key, headers),) = sent(fake_publishers.instances[0])
+    verdict = classify(record, default_suite="cfg.rs")
+    if isinstance(verdict, str):
+        assert (topic, key, headers["reason"]) == ("dlq", None, verdict)
+        return
+    assert (topic, value, key) == ("hits", record, verdict.key)
+    assert list(headers) == ["hit-id", "report-suite", "received-at"]
+    assert (headers["hit-id"], headers["report-suite"]) == (verdict.hit_id, verdict.suite)

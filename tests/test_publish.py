@@ -235,6 +235,7 @@ def test_100k_records_land_exactly_once(
         assert rec.key == f"{obj[vis[0]]}:{obj[vis[1]]}".encode()
         assert header(rec, "report-suite") == b"sim.demo.prod"
         assert header(rec, "received-at") == b"1780000000250"
+        assert [name for name, _ in rec.headers] == ["hit-id", "report-suite", "received-at"]
     assert sorted(r.value for r in got if r.value) == sorted(records)
     assert read_all(kafka_bootstrap, dlq) == []
     with capsys.disabled():

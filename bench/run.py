@@ -1,7 +1,7 @@
 """End-to-end benchmark: the bridge against a minimal ceiling and a naive peer, same run.
 
     python bench/run.py [--hits 500000] [--json] [--latency-seconds 20] [--latency-rate 10000]
-                        [--warmup 100000]
+                        [--warmup 100000] [--no-slots]
 
 Needs the Kafka broker at $KAFKA_BOOTSTRAP_SERVERS (default 127.0.0.1:9092). Every phase
 gets a fresh Live Stream simulator in its own process (so it never shares a GIL with what it
@@ -17,6 +17,17 @@ bridge    ``livestream-bridge run`` as a subprocess (election off, transactions,
           /metrics (every 50 ms) showing ``records_published_total`` = hits, i.e. every
           hit committed. CPU is utime+stime of the bridge process (all its threads,
           librdkafka's included) over that span, peak RSS its VmHWM.
+slots     maxConnections = 2 (issue 16): two ``livestream-bridge run`` subprocesses of one
+          deployment (Kafka election, shared transactional id and election names, each its
+          own port and identity), each holding one slot and one connection to the same kind
+          of simulator, fed ``--hits`` hits in all. The simulator starts paused, so neither
+          slot gets a head start while the election settles; time runs from its resume,
+          once both slots stream, to the first poll of both /metrics (every 50 ms) whose
+          ``records_published_total`` add up to the hits. Aggregate hits/s next to the
+          bridge's N = 1 figure; CPU is both processes', peak RSS the larger one.
+          ``--no-slots`` skips it. The simulator's one process then encodes for two
+          connections with no pre-compressed batches (each gets every other visitor), so
+          its CPU share is printed too: near one core, it and not the bridge is the limit.
 ceiling   in a subprocess: httpx ``iter_raw`` -> zlib -> split on CRLF -> ``produce``
           (acks=all, idempotence, the bridge's compression and batching; no parsing, no
           dedupe, no transactions) -> ``flush``. The most this box moves through Python.
@@ -146,11 +157,14 @@ def ceiling_producer_config(bootstrap: str) -> dict[str, Any]:
 
 
 class SimProcess:
-    """``bench/run.py --role simulator``: prints its URLs, answers "attempts" on stdin."""
+    """``bench/run.py --role simulator``: prints its URLs, answers "attempts" and
+    "mode <name>" on stdin. ``paused``: it produces no hit until ``resume()``."""
 
-    def __init__(self, rate: float, total_hits: int) -> None:
+    def __init__(self, rate: float, total_hits: int, *, paused: bool = False) -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "simulator"]
         cmd += ["--rate", str(rate), "--hits", str(total_hits)]
+        if paused:
+            cmd.append("--paused")
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
@@ -167,6 +181,14 @@ class SimProcess:
         self.proc.stdin.flush()
         data: list[dict[str, Any]] = json.loads(self.proc.stdout.readline())
         return data
+
+    def resume(self) -> None:
+        """Start producing hits (the answer comes once the simulator has switched)."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("mode normal\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != "ok":
+            raise RuntimeError("the simulator did not resume")
 
     def stream_start(self) -> float:
         """Wall time the first 200 stream began (the first byte goes out right after)."""
@@ -195,12 +217,18 @@ def role_simulator(args: argparse.Namespace) -> int:
     sim.corpus.build_all(precompress=args.rate <= 0)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with sim:
+        if args.paused:
+            sim.set_mode("pause")
         urls = {"stream_url": sim.stream_url, "token_url": sim.token_url}
         sys.stdout.write(json.dumps(urls) + "\n")
         sys.stdout.flush()
         for line in sys.stdin:
             if line.strip() == "attempts":
                 sys.stdout.write(json.dumps(sim.attempts()) + "\n")
+                sys.stdout.flush()
+            elif line.startswith("mode "):
+                sim.set_mode(line.split()[1])
+                sys.stdout.write("ok\n")
                 sys.stdout.flush()
     return 0
 
@@ -234,6 +262,19 @@ class BridgeRun:
         except (OSError, ValueError):
             return None
 
+    def streaming_slot(self) -> int | None:
+        """The slot /status says this replica streams, or None (standby, connecting, down)."""
+        try:
+            url = f"http://127.0.0.1:{self.port}/status"
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                status = json.load(answer)
+        except (OSError, ValueError):
+            return None
+        slot = status.get("slot")
+        if status.get("upstream") != "streaming" or not isinstance(slot, int):
+            return None
+        return slot
+
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-3000:]
@@ -253,7 +294,13 @@ BRIDGE_PROPERTIES: dict[str, str] = {"log_level": "3"}  # --bridge-property adds
 
 
 def start_bridge(
-    sim: SimProcess, bootstrap: str, topic: str, log_dir: Path, **extra: str
+    sim: SimProcess,
+    bootstrap: str,
+    topic: str,
+    log_dir: Path,
+    *,
+    log_name: str | None = None,
+    **extra: str,
 ) -> BridgeRun:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -276,7 +323,7 @@ def start_bridge(
         "BRIDGE_SECRETS_DIR": "/nonexistent",
         **extra,
     }
-    log_path = log_dir / f"bridge-{topic}.log"
+    log_path = log_dir / f"bridge-{log_name or topic}.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
@@ -332,6 +379,86 @@ def phase_bridge(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> d
         bridge.stop()
         sim.stop()
         delete_topics(bootstrap, [topic, f"{topic}-dlq"])
+
+
+SLOTS = 2
+
+
+def phase_slots(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> dict[str, float]:
+    """``SLOTS`` replicas of one deployment, one slot each; see the module docstring."""
+    name = uuid.uuid4().hex[:10]
+    topic, election = f"bench-slots-{name}", f"bench-election-{name}"
+    create_topics(bootstrap, [topic, f"{topic}-dlq"], partitions)
+    sim = SimProcess(rate=0, total_hits=hits, paused=True)
+    # One deployment: every name shared, so slot i derives its own (``-i``) from the same.
+    shared = {
+        "BRIDGE_LIVESTREAM__MAX_CONNECTIONS": str(SLOTS),
+        "BRIDGE_KAFKA__TRANSACTIONAL_ID": f"bench-{name}",
+        "BRIDGE_ELECTION__BACKEND": "kafka",
+        "BRIDGE_ELECTION__GROUP_ID": election,
+        "BRIDGE_ELECTION__TOPIC": election,
+        "BRIDGE_ELECTION__SESSION_TIMEOUT_MS": "6000",
+    }
+    bridges = [
+        start_bridge(
+            sim,
+            bootstrap,
+            topic,
+            log_dir,
+            log_name=f"{topic}-{i}",
+            BRIDGE_ELECTION__IDENTITY=f"bench-{i}",
+            **shared,
+        )
+        for i in range(SLOTS)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while sorted(str(b.streaming_slot()) for b in bridges) != [str(i) for i in range(SLOTS)]:
+            for b in bridges:
+                b.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{SLOTS} replicas did not stream {SLOTS} slots within 120 s")
+            time.sleep(POLL_S)
+        cpu_before = [proc_cpu_s(b.proc.pid) for b in bridges]
+        sim_cpu_before = proc_cpu_s(sim.proc.pid)
+        start = time.time()
+        sim.resume()
+        deadline = time.monotonic() + 120 + hits / 2000
+        while True:
+            for b in bridges:
+                b.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the {SLOTS} replicas did not publish {hits} hits in time (one slot "
+                    "far behind the other skips what the simulator no longer retains)"
+                )
+            cpu = [proc_cpu_s(b.proc.pid) for b in bridges]
+            polled = [b.try_metrics() for b in bridges]
+            now = time.time()
+            if all(m is not None for m in polled):
+                ms = cast("list[dict[str, float]]", polled)
+                if sum(m.get("livestream_bridge_records_published_total", 0) for m in ms) >= hits:
+                    break
+            time.sleep(POLL_S)
+        sim_cpu = proc_cpu_s(sim.proc.pid) - sim_cpu_before
+        dup = sum(m.get("livestream_bridge_records_deduplicated_total", 0.0) for m in ms)
+        if dup:
+            print(f"warning: slots run deduplicated {dup:.0f} records", file=sys.stderr)
+        out = result(
+            hits,
+            sum(m["livestream_bridge_upstream_decompressed_bytes_total"] for m in ms),
+            now - start,
+            sum(cpu) - sum(cpu_before),
+            max(peak_rss_mib(b.proc.pid) for b in bridges),
+        )
+        out["simulator_cpu_share"] = sim_cpu / (now - start)
+        return out
+    finally:
+        for b in bridges:
+            b.stop()
+        sim.stop()
+        names = [topic, f"{topic}-dlq", election]
+        delete_topics(bootstrap, names + [f"{election}-{i}" for i in range(1, SLOTS)])
 
 
 def result(
@@ -546,7 +673,9 @@ def table(res: dict[str, dict[str, float]], lat: dict[str, float]) -> str:
     lines = [
         f"{'pipeline':<9} {'hits/s':>10} {'MB/s':>8} {'CPU s/100k':>11} {'peak RSS MiB':>13}",
     ]
-    for name in ("bridge", "ceiling", "peer"):
+    for name in ("bridge", "slots2", "ceiling", "peer"):
+        if name not in res:
+            continue
         r = res[name]
         lines.append(
             f"{name:<9} {r['hits_per_s']:>10,.0f} {r['mb_per_s']:>8.1f} "
@@ -557,6 +686,12 @@ def table(res: dict[str, dict[str, float]], lat: dict[str, float]) -> str:
         f"ratio bridge/ceiling {b / res['ceiling']['hits_per_s']:.2f}, "
         f"bridge/peer {b / res['peer']['hits_per_s']:.2f}"
     )
+    if "slots2" in res:
+        s = res["slots2"]
+        lines.append(
+            f"slots2: {SLOTS} replicas, {SLOTS} connections: {s['hits_per_s'] / b:.2f} x the "
+            f"bridge's N = 1; the simulator used {s['simulator_cpu_share']:.0%} of a core"
+        )
     lines.append(
         f"latency at {lat['rate']:,.0f} hits/s (read_committed consumer, received-at -> "
         f"visible): p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms, "
@@ -585,7 +720,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra librdkafka property for the bridge's clients (tuning experiments)",
     )
-    parser.add_argument("--only", choices=("bridge", "ceiling", "peer", "latency"), action="append")
+    parser.add_argument(
+        "--no-slots", action="store_true", help="skip the maxConnections = 2 phase (slots)"
+    )
+    parser.add_argument(
+        "--only", choices=("bridge", "slots", "ceiling", "peer", "latency"), action="append"
+    )
+    parser.add_argument("--paused", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -605,7 +746,10 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.bridge_property:
         name, _, value = item.partition("=")
         BRIDGE_PROPERTIES[name] = value
-    only = set(args.only or ("bridge", "ceiling", "peer", "latency"))
+    full = {"bridge", "ceiling", "peer", "latency"}
+    only = set(args.only or (*full, "slots"))
+    if args.no_slots:
+        only.discard("slots")
 
     def log(text: str) -> None:
         if not args.json:
@@ -625,6 +769,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"bridge: {args.hits:,} hits ...")
             res["bridge"] = phase_bridge(bootstrap, args.hits, args.partitions, log_dir)
             log(f"  {res['bridge']}")
+        if "slots" in only:
+            log(f"slots: maxConnections={SLOTS}, {SLOTS} replicas, {args.hits:,} hits in all ...")
+            res["slots2"] = phase_slots(bootstrap, args.hits, args.partitions, log_dir)
+            log(f"  {res['slots2']}")
         for role in ("ceiling", "peer"):
             if role in only:
                 log(f"{role}: {args.hits:,} hits ...")
@@ -637,9 +785,20 @@ def main(argv: list[str] | None = None) -> int:
             )
             lat["rate"] = args.latency_rate
             log(f"  {lat}")
-    if only != {"bridge", "ceiling", "peer", "latency"}:
+    if only - {"slots"} != full:
         print(json.dumps({"results": res, "latency": lat}))
         return 0
+    summary = summarize(res, lat)
+    if args.json:
+        print(json.dumps({k: round(v, 3) for k, v in summary.items()}))
+    else:
+        print(environment())
+        print(table(res, lat))
+    return 0
+
+
+def summarize(res: dict[str, dict[str, float]], lat: dict[str, float]) -> dict[str, float]:
+    """The ``--json`` figures of a full run."""
     bridge = res["bridge"]
     summary = {
         "hits_per_s": bridge["hits_per_s"],
@@ -653,12 +812,10 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_s_per_100k": bridge["cpu_s_per_100k"],
         "mb_per_s": bridge["mb_per_s"],
     }
-    if args.json:
-        print(json.dumps({k: round(v, 3) for k, v in summary.items()}))
-    else:
-        print(environment())
-        print(table(res, lat))
-    return 0
+    if "slots2" in res:
+        summary["hits_per_s_slots2"] = res["slots2"]["hits_per_s"]
+        summary["ratio_slots2"] = res["slots2"]["hits_per_s"] / bridge["hits_per_s"]
+    return summary
 
 
 if __name__ == "__main__":

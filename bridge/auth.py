@@ -22,7 +22,8 @@ import orjson
 from bridge.config import AuthSettings
 from bridge.errors import AuthError, UpstreamLost
 from bridge.httpclient import TOKEN_TIMEOUT_S
-from bridge.observability import EventLog, Metrics
+from bridge.logs import EventLog
+from bridge.observability import Metrics
 from bridge.secrets import Secrets
 
 log = EventLog("bridge.auth")

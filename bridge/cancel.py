@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 
 __all__ = ["Callback", "Cancel"]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from bridge.cancel import Cancel
 from bridge.httpclient import shutdown
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 
 __all__ = ["StreamClose"]
 

@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if isinstance(settings, int):
         return settings
-    from bridge.observability import EventLog, configure_logging
+    from bridge.logs import EventLog, configure_logging
     from bridge.secrets import Secrets, secret_values
     from bridge.service import Bridge
 

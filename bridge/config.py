@@ -69,7 +69,13 @@ class LivestreamSettings(_Section):
     """Where and how to read Live Stream."""
 
     url: str = Field(description="Live Stream endpoint URL from Adobe (required)")
-    max_connections: int = Field(1, ge=1, le=8, description="maxConnections sent to Adobe")
+    max_connections: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="maxConnections sent to Adobe: the number of slots, each held by one "
+        "replica with its own connection",
+    )
     # Adobe's pages spell it both ways; the value is sent as written, never translated.
     reset: Literal["smallest", "largest", "earliest", "latest"] | None = Field(
         None, description="reset query parameter on (re)connect"
@@ -329,6 +335,44 @@ class Settings(BaseSettings):
         if refused:
             raise ValueError("; ".join(refused))  # load_settings makes one line of each
         return self
+
+    @model_validator(mode="after")
+    def _slots_need_an_election(self) -> Settings:
+        # One process holds one slot; with no election nothing would hold the others, and
+        # Adobe would keep their share of the hits for connections nobody opens.
+        if self.livestream.max_connections > 1 and self.election.backend == "none":
+            raise ValueError(
+                f"{env_name('livestream', 'max_connections')}: more than 1 needs "
+                f"{env_name('election', 'backend')} kafka or kubernetes (backend none holds "
+                "a single slot)"
+            )
+        return self
+
+    def for_slot(self, slot: int) -> Settings:
+        """These settings as slot ``slot`` uses them: slot 0 keeps every name as
+        configured (so one slot is exactly a deployment without slots, and slot 0 keeps its
+        election history when N changes); slot i >= 1 appends ``-i`` to the transactional
+        id, the election topic and group, and the Lease name."""
+        if slot == 0:
+            return self
+        e, k = self.election, self.kafka
+        election = e.model_copy(
+            update={
+                "topic": slot_name(e.topic, slot),
+                "group_id": slot_name(e.group_id, slot),
+                "lease_name": slot_name(e.lease_name, slot),
+            }
+        )
+        kafka = k.model_copy(update={"transactional_id": slot_name(k.transactional_id, slot)})
+        return self.model_copy(update={"election": election, "kafka": kafka})
+
+
+MAX_SLOTS = 8  # Live Stream's own limit on maxConnections
+
+
+def slot_name(name: str, slot: int) -> str:
+    """The name slot ``slot`` uses for a per-slot resource (see ``Settings.for_slot``)."""
+    return name if slot == 0 else f"{name}-{slot}"
 
 
 def _credential_urls(settings: Settings) -> list[tuple[str, str]]:

@@ -54,7 +54,7 @@ from httpcore._backends.sync import SyncStream
 
 from bridge import __version__
 from bridge.config import LivestreamSettings
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 
 __all__ = [
     "TOKEN_TIMEOUT_S",

@@ -27,7 +27,7 @@ from confluent_kafka import KafkaError, KafkaException
 from bridge.config import KafkaSettings
 from bridge.errors import KafkaSetupError, PublishError
 from bridge.kafkaerrors import credentials_problem
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 
 __all__ = [
     "LIBRDKAFKA_REPEAT_S",

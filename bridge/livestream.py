@@ -36,7 +36,8 @@ from bridge.httpclient import (
     shutdown,
     socket_of,
 )
-from bridge.observability import OPERATOR_STATUSES, EventLog, Metrics
+from bridge.logs import EventLog
+from bridge.observability import OPERATOR_STATUSES, Metrics
 from bridge.reconnect import AnswerReport, ReconnectPolicy, StatusRules
 from bridge.secrets import Secrets
 

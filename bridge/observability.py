@@ -8,11 +8,9 @@ several bridges in one process never share counters.
 from __future__ import annotations
 
 import json
-import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -68,13 +66,20 @@ OPERATOR_STATUSES = ("400", "403", "404", "405", "406", "424", "505")
 class Metrics:
     """Every metric the bridge exports, pre-initialised to zero."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: int = 1) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.records_received = Counter(
-            f"{PREFIX}_records_received", "Records read from Live Stream", registry=r
+        # With several slots the series that tell slots apart carry a ``slot`` label; with
+        # one there is nothing to tell apart, and the series stay as they always were.
+        self.slots = slots
+        by_slot = ["slot"] if slots > 1 else []
+        self._received = Counter(
+            f"{PREFIX}_records_received", "Records read from Live Stream", by_slot, registry=r
         )
-        self.records_published = Counter(
-            f"{PREFIX}_records_published", "Records committed to the hits topic", registry=r
+        self._published = Counter(
+            f"{PREFIX}_records_published",
+            "Records committed to the hits topic",
+            by_slot,
+            registry=r,
         )
         self.records_deduplicated = Counter(
             f"{PREFIX}_records_deduplicated", "Replayed records dropped by hit id", registry=r
@@ -97,8 +102,14 @@ class Metrics:
             ["outcome", "status"],
             registry=r,
         )
-        self.upstream_connected = Gauge(
-            f"{PREFIX}_upstream_connected", "1 while a Live Stream connection is open", registry=r
+        self._connected = Gauge(
+            f"{PREFIX}_upstream_connected",
+            "1 while a Live Stream connection is open",
+            by_slot,
+            registry=r,
+        )
+        self.slot = Gauge(
+            f"{PREFIX}_slot", "The maxConnections slot this replica holds (-1: none)", registry=r
         )
         self.last_record_timestamp = Gauge(
             f"{PREFIX}_last_record_timestamp_seconds",
@@ -181,7 +192,7 @@ class Metrics:
         self.upstream_refusals = Counter(
             f"{PREFIX}_upstream_refusals",
             "Connection attempts Live Stream refused, by status",
-            ["status"],
+            [*by_slot, "status"],
             registry=r,
         )
         self.upstream_fatal_status = Gauge(
@@ -196,6 +207,20 @@ class Metrics:
         self.build_info.labels(version=__version__).set(1)
         ProcessCollector(registry=r)  # process_* (RSS, CPU, open fds) of this process
         self._preinit()
+        self.bind_slot(0)
+        self.slot.set(-1)
+
+    def bind_slot(self, slot: int) -> None:
+        """Count from now on under ``slot`` (a replica holds one slot at a time)."""
+        label = {"slot": str(slot)} if self.slots > 1 else {}
+        self.records_received = self._received.labels(**label) if label else self._received
+        self.records_published = self._published.labels(**label) if label else self._published
+        self.upstream_connected = self._connected.labels(**label) if label else self._connected
+        self._slot_label = label
+
+    def refused(self, status: str) -> None:
+        """Count a connection attempt Live Stream refused with ``status``."""
+        self.upstream_refusals.labels(status=status, **self._slot_label).inc()
 
     def _preinit(self) -> None:
         # Labelled series only appear once touched; zeros make rate() and alerts work
@@ -210,8 +235,13 @@ class Metrics:
         for outcome in ("ok", "error"):
             self.token_refreshes.labels(outcome=outcome)
         self.set_upstream_state("standby")
+        for slot in range(self.slots) if self.slots > 1 else ():
+            for family in (self._received, self._published, self._connected):
+                family.labels(slot=str(slot))
         for status in REFUSAL_STATUSES:
-            self.upstream_refusals.labels(status=status)
+            for slot in range(self.slots):
+                label = {"slot": str(slot)} if self.slots > 1 else {}
+                self.upstream_refusals.labels(status=status, **label)
         for status in OPERATOR_STATUSES:
             self.upstream_fatal_status.labels(status=status)
 
@@ -245,6 +275,8 @@ class State:
     leader_identity: str | None = None
     role_since: float = field(default_factory=time.time)
     upstream: str = "idle"
+    slot: int | None = None  # the maxConnections slot held, None while standby
+    max_connections: int = 1
     last_record_at: float | None = None
     ready: bool = False
     counters: Callable[[], dict[str, float]] | None = None
@@ -281,6 +313,8 @@ class State:
                 "role_since": self.role_since,
                 "seconds_in_role": round(time.time() - self.role_since, 3),
                 "upstream": self.upstream,
+                "slot": self.slot,
+                "max_connections": self.max_connections,
                 "last_record_at": self.last_record_at,
                 "ready": self.ready,
                 "version": __version__,
@@ -346,98 +380,3 @@ class HttpEndpoint:
         if not len(self.secrets):
             return body
         return self.secrets.scrub(body.decode("utf-8", "replace")).encode()
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        out.update(getattr(record, "fields", {}))
-        if record.exc_info and record.exc_info[0] is not None:
-            out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
-        return json.dumps(out, default=str)
-
-
-class _TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in getattr(record, "fields", {}).items())
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
-        if record.exc_info and record.exc_info[0] is not None:
-            line += f" error={record.exc_info[0].__name__}: {record.exc_info[1]}"
-        return line
-
-
-class _Redactor(logging.Formatter):
-    """Last line of defence: no secret value ever leaves in a log line.
-
-    It wraps the real formatter and reads ``secrets`` at each line, so a token registered
-    after logging was set up is covered. Fields are scrubbed value by value first (so a
-    JSON line stays valid JSON), then the whole line, which also covers the message and
-    exception text; ``Secrets`` matches the JSON-escaped form of a value as well.
-    """
-
-    def __init__(self, inner: logging.Formatter, secrets: Secrets) -> None:
-        super().__init__()
-        self.inner, self.secrets = inner, secrets
-
-    def format(self, record: logging.LogRecord) -> str:
-        if not len(self.secrets):
-            return self.inner.format(record)
-        fields = getattr(record, "fields", None)
-        if fields:
-            record.fields = self._scrubbed(fields)
-        return self.secrets.scrub(self.inner.format(record))
-
-    def _scrubbed(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.secrets.scrub(value)
-        if isinstance(value, dict):
-            return {k: self._scrubbed(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._scrubbed(v) for v in value]
-        if value is None or isinstance(value, int | float):
-            return value
-        text = str(value)  # what the formatters would print for it
-        return self.secrets.scrub(text) if self.secrets.found_in(text) else value
-
-
-def configure_logging(fmt: str, level: str, secrets: Secrets | Iterable[str] = ()) -> None:
-    """Send every log line to stdout as JSON (or text), with secret values redacted.
-
-    Pass the process's one ``Secrets`` so values added to it later are redacted too.
-    """
-    if not isinstance(secrets, Secrets):
-        secrets = Secrets(secrets)
-    handler = logging.StreamHandler(sys.stdout)
-    inner = _JsonFormatter() if fmt == "json" else _TextFormatter()
-    handler.setFormatter(_Redactor(inner, secrets))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # librdkafka and httpx are chatty at INFO; their problems surface through our own lines.
-    for noisy in ("httpx", "httpcore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-class EventLog:
-    """A logger whose lines are an event name plus structured fields."""
-
-    def __init__(self, name: str) -> None:
-        self._log = logging.getLogger(name)
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._log.debug(event, extra={"fields": fields})
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._log.info(event, extra={"fields": fields})
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._log.warning(event, extra={"fields": fields})
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._log.error(event, extra={"fields": fields})

@@ -28,7 +28,8 @@ from bridge.config import KafkaSettings
 from bridge.errors import PublishError
 from bridge.kafkaclients import reader_config
 from bridge.kafkaerrors import raise_if_reader_denied
-from bridge.observability import EventLog, Metrics
+from bridge.logs import EventLog
+from bridge.observability import Metrics
 
 __all__ = ["CHECK_TIMEOUT_S", "CommitOutcome", "Progress", "committed_at"]
 

@@ -27,7 +27,8 @@ from bridge.config import Settings
 from bridge.decode import RecordDecoder
 from bridge.errors import FencedError, KafkaSetupError, PublishError, UpstreamLost
 from bridge.livestream import ChunkSink
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 
 __all__ = ["ChunkQueue", "Item", "Kind", "Pipeline", "Reader", "Sender"]
 
@@ -72,6 +73,8 @@ class Sender(Protocol):
     def maybe_commit(self) -> None: ...
 
     def unreachable_for(self) -> float: ...
+
+    def top_up(self) -> None: ...
 
 
 class ChunkQueue:
@@ -163,16 +166,23 @@ class _Sink:
         publisher: Sender,
         halt: Cancel,
         state: State,
+        *,
         announce: Callable[[], None],
+        agree: Callable[[], bool],
     ) -> None:
         self._queue, self._publisher, self._halt = queue, publisher, halt
-        self._state, self._announce = state, announce
+        self._state, self._announce, self._agree = state, announce, agree
+        # The pump tops up the dedupe window once, just before the first connection.
+        self.top_up_wanted, self.topped_up = threading.Event(), threading.Event()
 
     def ready(self, timeout: float) -> bool:
         # Reconnecting while Kafka cannot take data would only fill the queue again and
-        # then drop the connection again: a reconnect storm by another name.
-        if self._publisher.unreachable_for() == 0.0:
-            return True
+        # then drop the connection again: a reconnect storm by another name. And no
+        # connection at all while another slot may hold one with another maxConnections
+        # (bridge.election.agreement).
+        if self._publisher.unreachable_for() == 0.0 and self._agree():
+            self.top_up_wanted.set()
+            return self.topped_up.wait(timeout)
         self._halt.wait(timeout)
         return False
 
@@ -242,12 +252,13 @@ class Pipeline:
         state: State,
         log: EventLog,
         announce: Callable[[], None] = lambda: None,
+        agree: Callable[[], bool] = lambda: True,
     ) -> None:
         self._settings, self._halt = settings, halt
         self._upstream, self._publisher = upstream, publisher
         self._metrics, self._state, self._log = metrics, state, log
         self._queue = ChunkQueue(settings.livestream.queue_bytes, deposed, upstream.close_linger_s)
-        self._sink = _Sink(self._queue, publisher, halt, state, announce)
+        self._sink = _Sink(self._queue, publisher, halt, state, announce=announce, agree=agree)
         self._records = _Records(settings, metrics, log, self.cut)
         self._reader: threading.Thread | None = None
         self.failure: BaseException | None = None  # what ended the reader, if it raised
@@ -276,6 +287,9 @@ class Pipeline:
             if item is not None:
                 for batch in records.take(item):
                     self.publish(batch, item.read_at)
+            elif self._sink.top_up_wanted.is_set() and not self._sink.topped_up.is_set():
+                publisher.top_up()
+                self._sink.topped_up.set()
             try:
                 publisher.maybe_commit()
             except (FencedError, KafkaSetupError):

@@ -33,7 +33,8 @@ from bridge.election.base import Fencing
 from bridge.errors import PublishError
 from bridge.fields import FieldReader
 from bridge.kafkaclients import ProducerFactory
-from bridge.observability import EventLog, Metrics
+from bridge.logs import EventLog
+from bridge.observability import Metrics
 from bridge.seed import read_hit_ids
 from bridge.topics import Probe, ensure_topics, topic_message_limit
 from bridge.transactions import OPEN, TransactionalWriter
@@ -72,6 +73,7 @@ class Publisher:
         self._visitor_key = publish.key == "visitor"
         self._probe = Probe(kafka)
         self._window: HitIdWindow | None = None
+        self._seeded_to: dict[int, int] | None = None  # per partition, where the seed ended
         self._seq = 0
         self._fields = FieldReader()
         # The received-at header value of the last read time (a chunk's records share it).
@@ -108,14 +110,25 @@ class Publisher:
             self._window.close()
             self._window = None
 
+    def top_up(self) -> None:
+        """Just before the term's first connection: add what was committed since the
+        seed (by other slots' holders while this one waited its grace and agreement),
+        which Live Stream may resend here when visitors move between connections."""
+        if self._window is not None and self._cfg.dedupe_seed and self._seeded_to is not None:
+            self._read_ids(self._window, "publish.seed_topped_up")
+
     def _seed(self) -> None:
         self._drop_window()
+        self._seeded_to = None
         capacity = self._cfg.dedupe_window
         if capacity <= 0:
             return
         window = self._window = HitIdWindow(capacity)
-        if not self._cfg.dedupe_seed:
-            return
+        if self._cfg.dedupe_seed:
+            self._read_ids(window, "publish.seeded")
+
+    def _read_ids(self, window: HitIdWindow, event: str) -> None:
+        capacity = self._cfg.dedupe_window
         started = time.monotonic()
         before = len(window)
         found = read_hit_ids(
@@ -125,12 +138,14 @@ class Publisher:
             since_s=self._cfg.dedupe_seed_s,
             limit=capacity,
             timeout=SEED_TIMEOUT_S,
+            after=self._seeded_to,
         )
+        self._seeded_to = {**(self._seeded_to or {}), **found.ends}
         added = len(window) - before
         self._n["dedupe_seeded"] += added
         self._n["dedupe_seed_partitions_failed"] += len(found.failed)
         log.info(
-            "publish.seeded",
+            event,
             ids=added,
             read=found.ids,
             partitions=len(found.complete),

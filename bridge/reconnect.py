@@ -14,7 +14,8 @@ from typing import Literal, NamedTuple
 
 import httpx
 
-from bridge.observability import OPERATOR_STATUSES, EventLog, Metrics
+from bridge.logs import EventLog
+from bridge.observability import OPERATOR_STATUSES, Metrics
 
 __all__ = [
     "FATAL_STATUSES",
@@ -148,7 +149,7 @@ class AnswerReport:
     def refused(self, status: int, description: str, *, unexpected: bool) -> None:
         """Live Stream answered ``status`` (not 200, not a redirect)."""
         label = str(status) if 100 <= status <= 599 else "other"
-        self._metrics.upstream_refusals.labels(status=label).inc()
+        self._metrics.refused(label)
         for code in OPERATOR_STATUSES:
             self._metrics.upstream_fatal_status.labels(status=code).set(int(code == label))
         if status == NOT_ENABLED and not self._in_424_run:

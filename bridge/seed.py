@@ -20,7 +20,7 @@ from bridge.config import KafkaSettings
 from bridge.dedupe import hit_id_key, hit_id_key_from_text
 from bridge.kafkaclients import give_back_freed_memory, reader_config
 from bridge.kafkaerrors import raise_if_reader_denied, transient
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 
 __all__ = ["SeedResult", "read_hit_ids"]
 
@@ -38,6 +38,7 @@ class SeedResult:
     ids: int = 0
     complete: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)  # where each partition's read ended
 
 
 def _hit_id(msg: Message) -> tuple[int, int] | None:
@@ -169,11 +170,14 @@ def read_hit_ids(
     since_s: float,
     limit: int,
     timeout: float = 60.0,
+    after: dict[int, int] | None = None,
 ) -> SeedResult:
     """Feed ``add`` the hit ids of the messages committed to ``topic`` in the last
     ``since_s`` seconds (by message timestamp), at most the newest ``limit``, oldest first
     per partition. Missing permissions raise ``KafkaSetupError``; anything else ends the
-    read of what it touches (reported in the result and a log line), not of the rest."""
+    read of what it touches (reported in the result and a log line), not of the rest.
+    ``after``: a partition's offsets below this were read before (an earlier result's
+    ``ends``), so only what was committed since is read."""
     if limit <= 0:
         return SeedResult()
     seed = _Seed(kafka, topic, timeout)
@@ -185,6 +189,9 @@ def read_hit_ids(
             return result
         since_ms = int((time.time() - since_s) * 1000)
         spans = _bounded(seed.spans(parts, since_ms), limit)
+        if after is not None:
+            spans = {p: (max(s, after.get(p, s)), e) for p, (s, e) in spans.items()}
+        result.ends = {p: end for p, (_, end) in spans.items()}
         ends = {p: end for p, (start, end) in spans.items() if end > start}
         result.complete = [p for p in spans if p not in ends]
         if ends:
@@ -197,6 +204,12 @@ def read_hit_ids(
     finally:
         seed.consumer.close()
         give_back_freed_memory()
+    # Only a partition read to its end may be skipped next time.
+    result.ends = (
+        {}
+        if -1 in result.failed
+        else {p: end for p, end in result.ends.items() if p not in result.failed}
+    )
     if result.failed:
         log.warning("publish.seed_incomplete", topic=topic, ids=result.ids, failed=result.failed)
     return result

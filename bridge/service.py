@@ -22,12 +22,13 @@ import httpx
 from bridge.auth import make_token_provider
 from bridge.cancel import Cancel
 from bridge.config import Settings
-from bridge.election import make_election
+from bridge.election import Agreement, make_election, make_peek
 from bridge.election.base import Election, Term
 from bridge.errors import FencedError, KafkaSetupError, PublishError
 from bridge.httpclient import token_client
 from bridge.livestream import Upstream
-from bridge.observability import EventLog, HttpEndpoint, Metrics, State
+from bridge.logs import EventLog, SlotField
+from bridge.observability import HttpEndpoint, Metrics, State
 from bridge.pipeline import Pipeline
 from bridge.publish import Publisher
 from bridge.secrets import Secrets
@@ -44,11 +45,14 @@ class Bridge:
         secrets: Secrets | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(settings.livestream.max_connections)
         # The CLI hands in the process's one Secrets (the log redactor holds it too), so a
         # token fetched here is scrubbed from every log line from then on.
         self.secrets = Secrets() if secrets is None else secrets
-        self.state = State(identity=settings.election.identity)
+        self.state = State(
+            identity=settings.election.identity,
+            max_connections=settings.livestream.max_connections,
+        )
         self.log = EventLog("bridge.service")
         # The token endpoint's client; Live Stream's is the Upstream's own (a fresh
         # connection per attempt, never shared).
@@ -60,7 +64,9 @@ class Bridge:
             settings.livestream, settings.auth, self.tokens, self.metrics, secrets=self.secrets
         )
         self.publisher = Publisher(settings.kafka, settings.publish, self.metrics)
+        self._publisher_slot = 0
         self.election: Election = make_election(settings, self.metrics, self.state)
+        self._peek = make_peek(settings)
         self.state.counters = lambda: self.publisher.counters
         self.endpoint = HttpEndpoint(
             settings.http.host,
@@ -71,6 +77,7 @@ class Bridge:
             secrets=self.secrets,
         )
         self._ready_cache: tuple[float, bool] = (0.0, False)
+        self._log_slot = SlotField()
         self._pipeline: Pipeline | None = None
         self._term: Term | None = None
         self.metrics.reader_queue_bytes.set_function(self._queued_bytes)
@@ -112,7 +119,14 @@ class Bridge:
             target=_fire_on, args=(stop, stopping), name="stop-waiter", daemon=True
         ).start()
         self.endpoint.start()
-        self.log.info("bridge.start", identity=self.state.identity, port=self.endpoint.port)
+        if self.settings.livestream.max_connections > 1:
+            self._log_slot.install()
+        self.log.info(
+            "bridge.start",
+            identity=self.state.identity,
+            port=self.endpoint.port,
+            slots=self.settings.livestream.max_connections,
+        )
         try:
             self.publisher.ensure_topics()
             self.state.ready = True
@@ -125,10 +139,12 @@ class Bridge:
                 self._lead(term, stop, stopping)
         finally:
             self.election.close()
+            self._peek.close()
             self.endpoint.stop()
             self.upstream.close()
             self.http.close()
             self.log.info("bridge.stop", identity=self.state.identity)
+            self._log_slot.remove()
 
     def _lead(self, term: Term, stop: threading.Event, stopping: Cancel) -> None:
         # ``halt``: stop reading. Fired by the process's stop, by the end of the term, by a
@@ -137,11 +153,26 @@ class Bridge:
         leave = term.lost.subscribe(lambda _reason: halt.set("leadership ended"))
         try:
             self._term = term
+            self._hold_slot(term.slot)
             self._lead_term(term, stop, halt)
         finally:
             halt.set("leadership ended")  # already fired on every path but a bug's
             leave()
             self._pipeline = self._term = None  # what a deposed term left queued is dropped
+            self._hold_slot(None)
+
+    def _hold_slot(self, slot: int | None) -> None:
+        """Report ``slot`` (None: none) and, for a slot other than the last one held,
+        write with that slot's transactional id: each slot fences its own writers."""
+        self.state.slot, self._log_slot.slot = slot, slot
+        self.metrics.slot.set(-1 if slot is None else slot)
+        if slot is None:
+            return
+        self.metrics.bind_slot(slot)
+        if slot != self._publisher_slot:
+            kafka = self.settings.for_slot(slot).kafka
+            self.publisher = Publisher(kafka, self.settings.publish, self.metrics)
+            self._publisher_slot = slot
 
     def _lead_term(self, term: Term, stop: threading.Event, halt: Cancel) -> None:
         elected_at = time.monotonic()
@@ -170,6 +201,13 @@ class Bridge:
             state=self.state,
             log=self.log,
             announce=self.election.announce_connected,
+            agree=Agreement(
+                slot=term.slot,
+                max_connections=self.settings.livestream.max_connections,
+                grace_s=self.settings.livestream.reconnect_grace_s,
+                claim=self.election.claim,
+                peek=self._peek,
+            ).ready,
         )
         pipeline.start(first_delay)
         fenced, pumped = False, False

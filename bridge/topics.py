@@ -22,7 +22,7 @@ from bridge.config import KafkaSettings
 from bridge.errors import KafkaSetupError
 from bridge.kafkaclients import admin_config
 from bridge.kafkaerrors import credentials_problem
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 from bridge.secrets import Secrets, secret_values
 
 __all__ = ["CREATE_TOPICS_VAR", "Probe", "ensure_topics", "topic_message_limit"]

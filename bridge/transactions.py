@@ -39,7 +39,8 @@ from bridge.kafkaclients import (
     replay,
 )
 from bridge.kafkaerrors import TOO_LARGE_CODES, Meaning, classify_error, credentials_problem
-from bridge.observability import EventLog, Metrics
+from bridge.logs import EventLog
+from bridge.observability import Metrics
 from bridge.outcome import CommitOutcome, Progress
 
 __all__ = ["IDLE", "OPEN", "TransactionalWriter"]

@@ -294,8 +294,9 @@ def main(argv: list[str]) -> int:
     print(f"chaos: seed={seed} duration={args.duration:g}s slots={args.slots}", flush=True)
     if args.slots != 1:
         print(
-            "chaos: --slots other than 1 needs several upstream slots per deployment "
-            "(issue 16), which has not landed; run with --slots 1",
+            "chaos: --slots other than 1 is refused: this run's checker counts one "
+            "connection, so slots (issue 16) are proved by tests/test_slots.py instead; "
+            "run with --slots 1",
             file=sys.stderr,
         )
         return 2

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.testutil import wait_until
@@ -91,18 +92,34 @@ class KubeAdmin:
     def create_namespace(self, name: str) -> None:
         self.ok("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
 
-    def create_lease_role(self, ns: str, sa: str, lease: str) -> str:
-        """A ServiceAccount with ONLY get/update on the named Lease plus create on leases;
-        returns the RoleBinding's name."""
+    def create_lease_role(self, ns: str, sa: str, lease: str, *more: str) -> str:
+        """A ServiceAccount with ONLY the chart's Lease rights: get/update on the named
+        Lease(s) (the slots it may hold), get on the other slot Leases up to ``<lease>-7``
+        (the check before connecting reads them), create on leases; returns the
+        RoleBinding's name."""
+        held = [lease, *more]
+        others = [f"{lease}-{i}" for i in range(1, 8) if f"{lease}-{i}" not in held]
         self.ok("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": sa}})
         rbac = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}"
         rules = [
             {
                 "apiGroups": ["coordination.k8s.io"],
                 "resources": ["leases"],
-                "resourceNames": [lease],
+                "resourceNames": held,
                 "verbs": ["get", "update"],
             },
+            *(
+                [
+                    {
+                        "apiGroups": ["coordination.k8s.io"],
+                        "resources": ["leases"],
+                        "resourceNames": others,
+                        "verbs": ["get"],
+                    }
+                ]
+                if others
+                else []
+            ),
             # create cannot be limited by resourceNames: the name is not known to RBAC then
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ]
@@ -342,3 +359,11 @@ if __name__ == "__main__":
 
     if sys.argv[1:2] == ["child"]:
         _child(sys.argv[2])
+
+
+def kube_timeout(seconds: float = 420) -> pytest.MarkDecorator:
+    """The timeout of a test that needs the kube-apiserver: without a server in the
+    environment and without the binaries, the session fixture builds kube-apiserver first
+    (10-20 minutes on 2 cores), inside the first Kubernetes test's timeout."""
+    needs_build = kube_server_from_env() is None and kube_local("built").returncode != 0
+    return pytest.mark.timeout(3600 if needs_build else seconds)

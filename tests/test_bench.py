@@ -22,14 +22,17 @@ KEYS = (
     "p50_ms",
     "cpu_s_per_100k",
     "mb_per_s",
+    "hits_per_s_slots2",
+    "ratio_slots2",
 )
 
 
 @pytest.mark.integration
 @pytest.mark.slow
 def test_bench_run_reports_every_figure(kafka_bootstrap: str) -> None:
-    """The benchmark runs end to end at a tiny size and prints one JSON line with every
-    figure the README quotes."""
+    """The benchmark runs end to end at a tiny size, the maxConnections = 2 phase (two
+    replicas, two connections) included, and prints one JSON line with every figure the
+    README quotes and the aggregate hits/s of the two slots."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
     env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_bootstrap
     cmd = [sys.executable, str(ROOT / "bench" / "run.py"), "--hits", "2000"]

@@ -41,8 +41,8 @@ def test_chaos_short_run_finds_no_violation(tmp_path: Path) -> None:
 
 
 def test_chaos_refuses_more_than_one_slot() -> None:
-    """--slots other than 1 is refused with a reason (several slots per deployment are not
-    there yet), before anything is set up."""
+    """--slots other than 1 is refused with a reason (the chaos checker counts one
+    connection; slots are proved by tests/test_slots.py), before anything is set up."""
     done = subprocess.run(
         [str(CHAOS), "--slots", "2", "--duration", "1"],
         capture_output=True,

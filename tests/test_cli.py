@@ -20,7 +20,8 @@ import pytest
 from bridge import cli, service
 from bridge.cli import status_table
 from bridge.config import Settings
-from bridge.observability import EventLog, HttpEndpoint, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import HttpEndpoint, Metrics, State
 from bridge.secrets import Secrets
 from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import (

@@ -287,3 +287,31 @@ def test_secret_values_are_what_the_rule_names(env: pytest.MonkeyPatch) -> None:
         "static-token-distinct",
         *SECRET_PROPERTIES.values(),
     }
+
+
+def test_slots_need_an_election_backend(env: pytest.MonkeyPatch) -> None:
+    """maxConnections > 1 with backend none is exit 2 and one line naming the variable
+    (a single instance can hold one slot only)."""
+    env.setenv("BRIDGE_LIVESTREAM__MAX_CONNECTIONS", "2")
+    env.setenv("BRIDGE_ELECTION__BACKEND", "none")
+    proc = check_config()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("configuration error: ")
+    assert (
+        "BRIDGE_LIVESTREAM__MAX_CONNECTIONS" in lines[0] and "BRIDGE_ELECTION__BACKEND" in lines[0]
+    )
+
+
+def test_slot_names_keep_slot_0_and_suffix_the_others(env: pytest.MonkeyPatch) -> None:
+    """Slot 0 is the settings as configured; slot i >= 1 suffixes -i to the transactional
+    id, the election topic and group and the Lease, and nothing else."""
+    settings = load_settings(env_file=None)
+    assert settings.for_slot(0) is settings
+    two = settings.for_slot(2)
+    assert two.kafka.transactional_id == settings.kafka.transactional_id + "-2"
+    assert two.election.topic == settings.election.topic + "-2"
+    assert two.election.group_id == settings.election.group_id + "-2"
+    assert two.election.lease_name == settings.election.lease_name + "-2"
+    assert two.kafka.topic == settings.kafka.topic
+    assert two.election.identity == settings.election.identity

@@ -85,11 +85,14 @@ class Demo:
     ``cat`` process first, which a test can kill to leave the demo without a reader (a
     closed terminal)."""
 
-    def __init__(self, tmp: Path, seconds: int, *, relay: bool = False) -> None:
+    def __init__(
+        self, tmp: Path, seconds: int, *, relay: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
         self.dir = tmp / f"demo-{uuid.uuid4().hex[:6]}"
         self.tag = uuid.uuid4().hex
-        kafka, controller, sim, port_a, port_b = free_ports(5)
+        kafka, controller, sim, port_a, port_b, port_c = free_ports(6)
         self.kafka_port, self.port_a, self.port_b = kafka, port_a, port_b
+        self.ports = {"bridge-a": port_a, "bridge-b": port_b, "bridge-c": port_c}
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BRIDGE_", "KAFKA_"))}
         env.pop("POD_NAME", None)
         env.update(
@@ -102,6 +105,7 @@ class Demo:
             DEMO_SIM_PORT=str(sim),
             DEMO_HTTP_PORT_A=str(port_a),
             DEMO_HTTP_PORT_B=str(port_b),
+            DEMO_HTTP_PORT_C=str(port_c),
             DEMO_STATUS_INTERVAL="2",
         )
         self.env = {**env, "DEMO_TEST_TAG": self.tag}
@@ -113,7 +117,7 @@ class Demo:
                 ["cat"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
             )
         self.proc = subprocess.Popen(
-            [str(DEMO)],
+            [str(DEMO), *args],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if self.relay is None else self.relay.stdin,
@@ -368,3 +372,45 @@ def test_demo_leaves_nothing_running_whatever_stops_it(
     assert not left, f"exit {code}; still running:\n" + "\n".join(left) + "\n" + demo.tail(30)
     assert not _processes_mentioning(str(demo.dir / "kafka")), "a broker is still running"
     assert code == 0, demo.tail()
+
+
+REPLICA_LINE = re.compile(r"^\[demo\] replica (bridge-[abc]): (slot (\d) streaming|standby)$")
+SLOTS_LINE = re.compile(
+    r"^\[demo\] slots: slot 0 (bridge-[abc]), slot 1 (bridge-[abc]), standby (bridge-[abc])$"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_demo_slots_option_shows_two_slot_holders_and_a_standby(demo_factory: Any) -> None:
+    """``--slots 2`` runs three replicas with maxConnections = 2 and prints, per replica, the
+    slot it streams or that it stands by: two distinct replicas hold slots 0 and 1, the
+    third stands by, and their /status agrees."""
+    demo = demo_factory(0, args=("--slots", "2"))
+    summary = demo.expect(SLOTS_LINE, STARTUP_S)
+    holder0, holder1, standby = summary.groups()
+    assert len({holder0, holder1, standby}) == 3, summary.group(0)
+    # The demo's three replica lines just before that summary (the children's output
+    # interleaves) say the same, one per replica.
+    at = demo.lines.index(summary.group(0))
+    own = [line for line in demo.lines[:at] if line.startswith("[demo] replica ")][-3:]
+    said = {}
+    for line in own:
+        match = REPLICA_LINE.match(line)
+        assert match, demo.tail()
+        said[match.group(1)] = match.group(3)
+    assert said == {holder0: "0", holder1: "1", standby: None}, demo.tail()
+    for name, slot in ((holder0, 0), (holder1, 1)):
+        status = _status(demo.ports[name])
+        assert (status["slot"], status["role"], status["max_connections"]) == (slot, "leader", 2)
+    status = _status(demo.ports[standby])
+    assert (status["slot"], status["role"]) == (None, "standby"), status
+
+    demo.proc.send_signal(signal.SIGTERM)  # stopped here, not by a timer racing the checks
+    code = demo.finish(timeout=240)
+
+    assert code == 0, demo.tail()
+    pids = demo.pids()
+    assert {"bridge-a", "bridge-b", "bridge-c"} <= set(pids), pids
+    assert not [name for name, pid in pids.items() if _alive(pid)], demo.tail()

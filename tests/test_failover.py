@@ -4,9 +4,10 @@ Each scenario runs two real bridge processes against the simulator and the real 
 electing through the Kafka consumer group or through a Kubernetes Lease on a real
 kube-apiserver (``tests/kubeutil.py``). There each replica authenticates with a bound
 ServiceAccount token whose Role is the one the Helm chart grants (get and update on the one
-Lease, create on leases), handed over in a kubeconfig. Timings are short (Kafka session 6 s;
-lease 4 s, renew deadline 3 s, retry 0.5 s; reconnect grace 2 s); measured times print with
-``-s``. A scenario only one backend pins today runs for that backend alone.
+Lease, get on the other slots' Leases, create on leases), handed over in a kubeconfig.
+Timings are short (Kafka session 6 s; lease 4 s, renew deadline 3 s, retry 0.5 s;
+reconnect grace 2 s: ``tests/backends.py``); measured times print with ``-s``. A scenario
+only one backend pins today runs for that backend alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ import pytest
 
 from livestream_sim import Simulator
 from tests import harness
+from tests.backends import (
+    GRACE_S,
+    KAFKA,
+    KUBE_TIMEOUT,
+    KUBERNETES,
+    LEASE,
+    LEASE_S,
+    SESSION_S,
+    kafka_env,
+    kubernetes_env,
+)
 from tests.harness import (
     BridgeProc,
     bridge_env,
@@ -29,31 +41,13 @@ from tests.harness import (
     flowing,
     running_pair,
 )
-from tests.kubeutil import (
-    KubeAdmin,
-    KubeServer,
-    kube_local,
-    kube_server_from_env,
-    write_kubeconfig,
-)
+from tests.kubeutil import KubeAdmin, KubeServer
 from tests.testutil import wait_until
-
-SESSION_S = 6.0  # the Kafka election group's session timeout
-LEASE_S, RENEW_S, RETRY_S = 4.0, 3.0, 0.5  # the Kubernetes Lease timings
-GRACE_S = 2.0
-LEASE = "livestream-bridge"
-
-# Without a server in the environment and without the binaries, the session fixture builds
-# kube-apiserver first (10-20 minutes on 2 cores), inside the first Kubernetes test's timeout.
-_NEEDS_BUILD = kube_server_from_env() is None and kube_local("built").returncode != 0
-_KUBE_TIMEOUT = pytest.mark.timeout(3600 if _NEEDS_BUILD else 420)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-KAFKA = pytest.param("kafka", id="kafka")
-KUBERNETES = pytest.param("kubernetes", id="kubernetes", marks=_KUBE_TIMEOUT)
 KUBERNETES_SLOW = pytest.param(
-    "kubernetes", id="kubernetes", marks=[_KUBE_TIMEOUT, pytest.mark.slow]
+    "kubernetes", id="kubernetes", marks=[KUBE_TIMEOUT, pytest.mark.slow]
 )
 
 
@@ -96,23 +90,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The election backend named by the test's parameter; for Kubernetes a fresh namespace
     and a kubeconfig for a ServiceAccount bound by the chart's minimal Lease Role only."""
     if request.param == "kafka":
-        env = {"BRIDGE_ELECTION__SESSION_TIMEOUT_MS": str(int(SESSION_S * 1000))}
-        return Backend("kafka", SESSION_S, env, freeze_from_takeover=True)
+        return Backend("kafka", SESSION_S, kafka_env(), freeze_from_takeover=True)
     kube: KubeServer = request.getfixturevalue("kube")
     admin: KubeAdmin = request.getfixturevalue("admin")
     ns: str = request.getfixturevalue("ns")
-    admin.create_lease_role(ns, "livestream-bridge", LEASE)
-    token = admin.mint_token(ns, "livestream-bridge")
-    kubeconfig = write_kubeconfig(tmp_path / "bridge.kubeconfig", kube, token)
-    env = {
-        "BRIDGE_ELECTION__BACKEND": "kubernetes",
-        "BRIDGE_ELECTION__LEASE_NAME": LEASE,
-        "BRIDGE_ELECTION__LEASE_NAMESPACE": ns,
-        "BRIDGE_ELECTION__LEASE_DURATION_S": str(LEASE_S),
-        "BRIDGE_ELECTION__RENEW_DEADLINE_S": str(RENEW_S),
-        "BRIDGE_ELECTION__RETRY_PERIOD_S": str(RETRY_S),
-        "BRIDGE_ELECTION__KUBECONFIG": str(kubeconfig),
-    }
+    env = kubernetes_env(kube, admin, ns, tmp_path)
     return Backend(
         "kubernetes",
         LEASE_S,

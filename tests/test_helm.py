@@ -348,16 +348,21 @@ def test_no_rbac_without_kubernetes_election(render: Callable[..., Docs], backen
 
 
 def test_kubernetes_election_rbac_is_limited_to_the_lease(render: Callable[..., Docs]) -> None:
-    """The Role may get/update only the named Lease, plus create (not name-limitable)."""
+    """With one slot the Role may get/update only the named Lease, merely get the seven
+    other slots' Leases (the bridge's maxConnections check), plus create (not
+    name-limitable)."""
     docs = render("election.backend=kubernetes", "election.leaseName=my-lease")
     role = _only(docs, "Role")
     named = [r for r in role["rules"] if r.get("resourceNames")]
     unnamed = [r for r in role["rules"] if not r.get("resourceNames")]
-    assert len(named) == 1
-    assert named[0]["apiGroups"] == ["coordination.k8s.io"]
-    assert named[0]["resources"] == ["leases"]
+    assert len(named) == 2
+    for rule in named:
+        assert rule["apiGroups"] == ["coordination.k8s.io"]
+        assert rule["resources"] == ["leases"]
     assert named[0]["resourceNames"] == ["my-lease"]
     assert sorted(named[0]["verbs"]) == ["get", "update"]
+    assert named[1]["resourceNames"] == [f"my-lease-{i}" for i in range(1, 8)]
+    assert named[1]["verbs"] == ["get"]
     assert [r["verbs"] for r in unnamed] == [["create"]]
     assert unnamed[0]["resources"] == ["leases"]
     binding = _only(docs, "RoleBinding")

@@ -82,6 +82,25 @@ def test_prometheus_rule_object(render: Callable[..., Docs]) -> None:
         assert f'job="{RELEASE}-livestream-bridge",namespace="streams"' in expr
 
 
+@pytest.mark.parametrize("slots", [1, 3])
+def test_leadership_alerts_count_one_holder_per_slot(
+    render: Callable[..., Docs], slots: int
+) -> None:
+    """NoLeader fires below livestream.maxConnections holders and MultipleLeaders above it,
+    so N slot holders at once are the healthy state, not a page."""
+    rule = _only(
+        render("metrics.prometheusRule.enabled=true", f"livestream.maxConnections={slots}"),
+        "PrometheusRule",
+    )
+    rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert rules["LivestreamBridgeNoLeader"]["expr"].rstrip().endswith(f") < {slots}")
+    multiple = rules["LivestreamBridgeMultipleLeaders"]["expr"].rstrip()
+    assert multiple.startswith("sum without (instance, pod) (livestream_bridge_leader{")
+    assert multiple.endswith(f"> {slots}")
+    summary = rules["LivestreamBridgeNoLeader"]["annotations"]["summary"]
+    assert (f"of {slots} Live Stream slots" in summary) == (slots > 1)
+
+
 def test_grafana_dashboard_configmap(render: Callable[..., Docs]) -> None:
     """The dashboard ConfigMap carries the sidecar's label and the repo's dashboard JSON,
     in Grafana's namespace when one is given."""

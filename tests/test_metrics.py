@@ -21,7 +21,8 @@ from bridge.election.base import RoleReporter
 from bridge.errors import PublishError
 from bridge.freshness import FRESHNESS_BUCKETS, CommittedHits
 from bridge.kafkaclients import MESSAGE_MAX_BYTES
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 from bridge.pipeline import ChunkQueue, Item, Kind
 from livestream_sim import Simulator, SimulatorConfig
 from tests.harness import BridgeProc, bridge_env
@@ -453,3 +454,28 @@ def test_a_running_bridge_exports_every_contract_metric(
     finally:
         code = bridge.stop()
     assert code == 0, bridge.logs()[-3000:]
+
+
+def test_with_slots_the_flow_series_carry_the_slot_held() -> None:
+    """Metrics(slots=2): received, published, connected and refusals carry ``slot``, from
+    zero for every slot; counting follows the slot bound last; ``slot`` is -1 until one is
+    held. With one slot the same series have no slot label."""
+    metrics = Metrics(slots=2)
+    assert value(metrics, "livestream_bridge_slot") == -1
+    metrics.bind_slot(1)
+    metrics.slot.set(1)
+    metrics.records_received.inc(5)
+    metrics.records_published.inc(4)
+    metrics.upstream_connected.set(1)
+    metrics.refused("409")
+    assert value(metrics, "livestream_bridge_records_received_total", slot="1") == 5
+    assert value(metrics, "livestream_bridge_records_received_total", slot="0") == 0
+    assert value(metrics, "livestream_bridge_records_published_total", slot="1") == 4
+    assert value(metrics, "livestream_bridge_upstream_connected", slot="1") == 1
+    assert value(metrics, "livestream_bridge_upstream_refusals_total", slot="1", status="409") == 1
+    assert value(metrics, "livestream_bridge_upstream_refusals_total", slot="0", status="409") == 0
+    assert value(metrics, "livestream_bridge_slot") == 1
+    single = Metrics()
+    single.records_published.inc()
+    text = single.render().decode()
+    assert "livestream_bridge_records_published_total 1.0" in text and 'slot="' not in text

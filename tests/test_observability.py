@@ -18,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.httpserver import BoundedHttpServer
-from bridge.observability import EventLog, HttpEndpoint, Metrics, State, configure_logging
+from bridge.logs import EventLog, configure_logging
+from bridge.observability import HttpEndpoint, Metrics, State
 from bridge.secrets import Secrets
 
 

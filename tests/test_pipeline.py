@@ -16,7 +16,8 @@ from bridge.cancel import Cancel
 from bridge.config import AuthSettings, KafkaSettings, LivestreamSettings, Settings
 from bridge.errors import FencedError, PublishError
 from bridge.livestream import ChunkSink
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 from bridge.pipeline import ChunkQueue, Item, Kind, Pipeline
 from tests.testutil import wait_until
 
@@ -79,6 +80,7 @@ class FakePublisher:
         self.unreachable = 0.0
         self.commits = 0
         self.fenced = False
+        self.top_ups = 0
 
     def publish_many(self, records: list[bytes], received_at: float, start: int = 0) -> None:
         self.calls.append((list(records), start))
@@ -94,6 +96,9 @@ class FakePublisher:
 
     def maybe_commit(self) -> None:
         self.commits += 1
+
+    def top_up(self) -> None:
+        self.top_ups += 1
 
     def unreachable_for(self) -> float:
         return self.unreachable
@@ -113,7 +118,13 @@ class Rig:
     """A Pipeline over the fakes, its pump on a thread; ``halt`` and ``deposed`` are the
     term's scopes."""
 
-    def __init__(self, upstream: FakeUpstream, publisher: FakePublisher, **ls: Any) -> None:
+    def __init__(
+        self,
+        upstream: FakeUpstream,
+        publisher: FakePublisher,
+        agree: Callable[[], bool] = lambda: True,
+        **ls: Any,
+    ) -> None:
         self.upstream, self.publisher = upstream, publisher
         self.halt, self.deposed = Cancel(), Cancel()
         self.metrics, self.state = Metrics(), State(identity="test")
@@ -128,6 +139,7 @@ class Rig:
             state=self.state,
             log=EventLog("bridge.service"),
             announce=self.announced.set,
+            agree=agree,
         )
         self.raised: list[BaseException] = []
         self.pumped = threading.Event()
@@ -268,13 +280,43 @@ def test_reader_failure_is_kept_and_halts(finish: Callable[[Rig], None]) -> None
 
 
 def test_sink_is_not_ready_while_kafka_is_unreachable() -> None:
-    """The reader does not connect while the publisher reports Kafka unreachable."""
+    """The reader does not connect while the publisher reports Kafka unreachable, nor
+    before the pump has topped up the dedupe window."""
     publisher = FakePublisher()
     rig = Rig(FakeUpstream([]), publisher)
     sink = rig.pipeline._sink
+    assert not sink.ready(0)  # asks the pump for the top-up first
+    assert sink.top_up_wanted.is_set()
+    sink.topped_up.set()
     assert sink.ready(0)
     publisher.unreachable = 1.0
     assert not sink.ready(0)
+
+
+def test_the_pump_tops_up_the_window_once_before_the_first_connection(
+    finish: Callable[[Rig], None],
+) -> None:
+    """The first ready() makes the idle pump top up the dedupe window, once per term."""
+    rig = Rig(FakeUpstream([]), FakePublisher()).start()
+    sink = rig.pipeline._sink
+    assert sink.ready(5)
+    assert sink.ready(0)
+    assert rig.publisher.top_ups == 1
+    finish(rig)
+
+
+def test_no_connection_and_no_top_up_until_the_slots_agree() -> None:
+    """While another slot may be connected with another maxConnections, the reader waits
+    (and the window is not topped up yet); it connects once they agree."""
+    verdicts = [False, False, True]
+    rig = Rig(FakeUpstream([]), FakePublisher(), agree=lambda: verdicts.pop(0))
+    sink = rig.pipeline._sink
+    assert not sink.ready(0)
+    assert not sink.ready(0)
+    assert not sink.top_up_wanted.is_set()
+    sink.topped_up.set()
+    assert sink.ready(0)
+    assert verdicts == []
 
 
 # -- the queue itself --------------------------------------------------------------------

@@ -107,3 +107,29 @@ def test_ids_only_the_record_tells_apart_are_seeded_from_the_record(
     got = read_all(kafka_bootstrap, topic)
     assert sorted(r.value for r in got if r.value) == sorted(records)
     assert NOW  # the records carry the shared receive time of tests.publishing
+
+
+def test_a_top_up_adds_what_another_slot_committed_after_the_seed(
+    kafka_bootstrap: str, topic_factory: Callable[..., str]
+) -> None:
+    """A slot holder seeds, another slot's writer then commits more hits to the same topic,
+    and the holder's top-up before its first connection reads only those: offered again,
+    every one of them is dropped."""
+    topic, dlq = topic_factory(3), topic_factory(1)
+    kafka = kafka_settings(kafka_bootstrap, topic, dlq)
+    bodies = make_bodies(50)
+    first = [make_hit(bodies, i) for i in range(2000)]
+    later = [make_hit(bodies, i) for i in range(2000, 3000)]
+    _publish(kafka, first)
+    mine = kafka.model_copy(update={"transactional_id": kafka.transactional_id + "-0"})
+    holder = Publisher(mine, PublishSettings(), Metrics())
+    holder.begin(None)
+    assert holder.counters["dedupe_seeded"] == len(first)
+    other_slot = kafka.model_copy(update={"transactional_id": kafka.transactional_id + "-1"})
+    _publish(other_slot, later)
+    holder.top_up()
+    assert holder.counters["dedupe_seeded"] == len(first) + len(later)  # read once each
+    run_publisher(holder, later + first[:10])
+    holder.close(60)
+    assert holder.counters["records_deduplicated"] == len(later) + 10
+    assert len(read_all(kafka_bootstrap, topic)) == len(first) + len(later)

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bridge.cancel import Cancel
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 
 if TYPE_CHECKING:
     from confluent_kafka import TopicPartition
 
 CONNECTED = "connected"
+CLAIMED = "claimed"  # the holder is about to connect (see bridge.election.agreement)
 RELEASED = "released"
 LEADER = "leader"
 STANDBY = "standby"
@@ -31,9 +33,14 @@ class Predecessor:
     """The last record in the election log before this term."""
 
     identity: str
-    kind: str  # CONNECTED (a holder opened its upstream connection) | RELEASED (graceful release)
+    # CONNECTED (a holder opened its upstream connection) | CLAIMED (it was about to) |
+    # RELEASED (graceful release)
+    kind: str
     at: float  # unix time of the record
     clean: bool  # for RELEASED: the holder closed its upstream connection cleanly
+    # The maxConnections the holder sends; records written before slots existed came from
+    # deployments of one connection.
+    max_connections: int = 1
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Predecessor:
@@ -46,7 +53,10 @@ class Predecessor:
             raise ValueError("election record: identity and kind must be strings")
         if isinstance(at, bool) or not isinstance(at, int | float):
             raise ValueError("election record: at must be a number")
-        return cls(identity, kind, float(at), bool(record.get("clean", False)))
+        n = record.get("max_connections", 1)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 8:  # Adobe's range
+            raise ValueError("election record: max_connections must be an integer from 1 to 8")
+        return cls(identity, kind, float(at), bool(record.get("clean", False)), n)
 
 
 @runtime_checkable
@@ -76,6 +86,7 @@ class Term:
     lost: Cancel = field(default_factory=Cancel)
     predecessor: Predecessor | None = None
     fencing: Fencing | None = None
+    slot: int = 0  # which of the maxConnections slots this term holds
 
     @property
     def lost_reason(self) -> str | None:
@@ -123,6 +134,12 @@ class Election(Protocol):
 
     def announce_connected(self) -> None:
         """Leader only: record that the upstream connection is open."""
+        ...
+
+    def claim(self) -> bool:
+        """Leader only, before its term's first connection: record (and wait until the
+        record is stored) that this holder is about to connect with its maxConnections.
+        True once stored; False when it could not be (the caller tries again)."""
         ...
 
     def release(self, *, clean: bool) -> None:

@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient
 
 from bridge.cancel import Cancel
 from bridge.config import Settings
-from bridge.election.base import CONNECTED, RELEASED, RoleReporter, Term
+from bridge.election.base import CLAIMED, CONNECTED, RELEASED, RoleReporter, Term
 from bridge.election.kafkagroup import (
     CONSUMER,
     PARTITION,
@@ -37,11 +37,12 @@ from bridge.election.kafkagroup import (
     KafkaFencing,
     Watchdog,
     describe_leader,
+    election_client_config,
 )
 from bridge.election.kafkalog import ElectionLog, ensure_topic
 from bridge.errors import ElectionError
-from bridge.kafkaclients import kafka_logger
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 
 LOG = EventLog("bridge.election.kafka")
 UNREACHABLE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT}
@@ -63,6 +64,7 @@ class KafkaElection:
         self.identity, self.topic, self.group_id = e.identity, e.topic, e.group_id
         self.session_s = e.session_timeout_ms / 1000
         self._kafka, self._clock = settings.kafka, clock
+        self._max_connections = settings.livestream.max_connections
         self._roles = RoleReporter(self.identity, metrics, state, LOG)
         self._health = state
         self._watchdog = Watchdog(0.5 * self.session_s)
@@ -85,11 +87,7 @@ class KafkaElection:
         self._threads: list[threading.Thread] = []
 
     def _config(self, client: str, props: dict[str, Any]) -> dict[str, Any]:
-        conf: dict[str, Any] = {**self._kafka.client_config(), **props, "client.id": client}
-        conf["logger"] = kafka_logger("election")  # JSON lines, repeats held back
-        if conf.pop("group.instance.id", None) is not None:  # no static membership, ever
-            LOG.warning("election.static_membership_ignored", property="group.instance.id")
-        return conf
+        return election_client_config(self._kafka, client, props)
 
     def _consumer_config(self) -> dict[str, Any]:
         ms = round(self.session_s * 1000)
@@ -114,7 +112,9 @@ class KafkaElection:
         try:
             self._admin = AdminClient(self._config(f"{self.identity}.election-admin", {}))
             ensure_topic(self._admin, self.topic, self._kafka, self._stopping)
-            self._log = ElectionLog(self.topic, self.group_id, self.identity, self._config)
+            self._log = ElectionLog(
+                self.topic, self.group_id, self.identity, self._config, self._max_connections
+            )
             self._consumer = self._new_consumer()
         except (KafkaException, TimeoutError) as exc:
             detail = exc.args[0] if exc.args else "timed out"
@@ -175,6 +175,11 @@ class KafkaElection:
             return
         self._append(CONNECTED, clean=False, term=term.number)
 
+    def claim(self) -> bool:
+        if (term := self._live_term()) is None:
+            return False
+        return self._append(CLAIMED, clean=False, term=term.number)
+
     def release(self, *, clean: bool) -> None:
         if (term := self._live_term()) is None:
             return
@@ -184,10 +189,10 @@ class KafkaElection:
         if not self._left.wait(timeout=max(10.0, self.session_s)) and self._live_term() is term:
             self._lose("released")  # the thread is stuck; at least stop acting as leader
 
-    def _append(self, kind: str, *, clean: bool, term: int) -> None:
+    def _append(self, kind: str, *, clean: bool, term: int) -> bool:
         if self._log is None:
             raise ElectionError("election not started")
-        self._log.append(kind, clean=clean, term=term)
+        return self._log.append(kind, clean=clean, term=term)
 
     # -- the election thread --------------------------------------------------------------
 

@@ -10,9 +10,16 @@ import struct
 import threading
 import time
 import warnings
+from typing import Any
 
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from bridge.config import KafkaSettings
+from bridge.kafkaclients import kafka_logger
+from bridge.logs import EventLog
+
+LOG = EventLog("bridge.election.kafka")
 
 PARTITION = 0
 POLL_S = 0.1
@@ -122,3 +129,14 @@ def assigned_partitions(assignment: bytes) -> list[tuple[str, int]]:
     except (struct.error, UnicodeDecodeError):
         return []
     return out
+
+
+def election_client_config(
+    kafka: KafkaSettings, client: str, props: dict[str, Any]
+) -> dict[str, Any]:
+    """The configuration of one of the election's Kafka clients, named ``client``."""
+    conf: dict[str, Any] = {**kafka.client_config(), **props, "client.id": client}
+    conf["logger"] = kafka_logger("election")  # JSON lines, repeats held back
+    if conf.pop("group.instance.id", None) is not None:  # no static membership, ever
+        LOG.warning("election.static_membership_ignored", property="group.instance.id")
+    return conf

@@ -19,7 +19,7 @@ from bridge.config import KafkaSettings
 from bridge.election.base import CONNECTED, Predecessor
 from bridge.election.kafkagroup import CONSUMER, PARTITION, POLL_S
 from bridge.errors import ElectionError
-from bridge.observability import EventLog
+from bridge.logs import EventLog
 
 # The backend's own logger: these lines are the election's, wherever the code lives.
 LOG = EventLog("bridge.election.kafka")
@@ -55,16 +55,25 @@ class ElectionLog:
     """One replica's writer and reader of the election topic. ``read_last`` is called only
     from the election thread; the reader is closed only once that thread has ended."""
 
-    def __init__(self, topic: str, group_id: str, identity: str, config: ClientConfig) -> None:
-        self.topic, self._identity = topic, identity
+    def __init__(
+        self,
+        topic: str,
+        group_id: str,
+        identity: str,
+        config: ClientConfig,
+        max_connections: int = 1,
+    ) -> None:
+        self.topic, self._identity, self._max_connections = topic, identity, max_connections
         log_props = {"enable.idempotence": True, "acks": "all", "linger.ms": 0}
         self._producer = Producer(config(f"{identity}.election-log", log_props))
         reader_props = {**CONSUMER, "group.id": f"{group_id}.reader"}  # never joins
         reader_props.update({"enable.partition.eof": True, "auto.offset.reset": "earliest"})
         self._reader = Consumer(config(f"{identity}.election-reader", reader_props))
 
-    def append(self, kind: str, *, clean: bool, term: int) -> None:
+    def append(self, kind: str, *, clean: bool, term: int) -> bool:
+        """Write one record and wait for the broker's acknowledgement; True once stored."""
         record = {"identity": self._identity, "kind": kind, "at": time.time(), "clean": clean}
+        record["max_connections"] = self._max_connections
         errors: list[KafkaError] = []
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -76,8 +85,9 @@ class ElectionLog:
         self._producer.produce(self.topic, value, key, PARTITION, on_delivery=delivered)
         if (pending := self._producer.flush(FLUSH_S)) or errors:
             LOG.error("election.record_failed", kind=kind, pending=pending, errors=errors[:1])
-        else:
-            LOG.info("election.record", kind=kind, clean=clean, term=term)
+            return False
+        LOG.info("election.record", kind=kind, clean=clean, term=term)
+        return True
 
     def read_last(self) -> tuple[int, Predecessor | None] | None:
         """(high watermark, the predecessor its last record names); None when the
@@ -94,7 +104,7 @@ class ElectionLog:
         except (KafkaException, TypeError) as exc:  # TypeError: None on timeout
             LOG.warning("election.watermarks_failed", error=str(exc))
             return None
-        return high, self._read_predecessor(low, high)
+        return high, read_last_record(self._reader, self.topic, low, high)
 
     def flush(self) -> None:
         self._producer.flush(FLUSH_S)
@@ -102,34 +112,32 @@ class ElectionLog:
     def close_reader(self) -> None:
         self._reader.close()
 
-    def _read_predecessor(self, low: int, high: int) -> Predecessor | None:
-        reader = self._reader
-        if high <= 0:
-            return None  # nothing was ever written: a fresh deployment
-        last: Message | None = None
-        if high > low:
-            reader.assign([TopicPartition(self.topic, PARTITION, high - 1)])
-            deadline = time.monotonic() + READ_S
-            try:
-                while last is None and time.monotonic() < deadline:
-                    if (msg := reader.poll(POLL_S)) is None:
-                        continue
-                    offset = msg.offset() or 0
-                    if (err := msg.error()) is None and offset >= high - 1:
-                        last = msg
-                    elif (
-                        err is not None
-                        and err.code() == KafkaError._PARTITION_EOF
-                        and offset >= high
-                    ):
-                        break
-            finally:
-                reader.unassign()
+
+def read_last_record(reader: Consumer, topic: str, low: int, high: int) -> Predecessor | None:
+    """The record below ``high`` in the election log ``topic`` (None when it is empty),
+    read with ``reader`` (a consumer that never joins a group)."""
+    if high <= 0:
+        return None  # nothing was ever written: a fresh deployment
+    last: Message | None = None
+    if high > low:
+        reader.assign([TopicPartition(topic, PARTITION, high - 1)])
+        deadline = time.monotonic() + READ_S
         try:
-            if last is None:
-                raise ValueError("no readable record below the high watermark")
-            return Predecessor.from_record(json.loads(last.value() or b""))
-        except ValueError as exc:
-            # Expired or unreadable: assume the worst, a holder that died connected.
-            LOG.warning("election.predecessor_unknown", offset=high - 1, error=str(exc))
-            return Predecessor("unknown", CONNECTED, time.time(), False)
+            while last is None and time.monotonic() < deadline:
+                if (msg := reader.poll(POLL_S)) is None:
+                    continue
+                offset = msg.offset() or 0
+                if (err := msg.error()) is None and offset >= high - 1:
+                    last = msg
+                elif err is not None and err.code() == KafkaError._PARTITION_EOF and offset >= high:
+                    break
+        finally:
+            reader.unassign()
+    try:
+        if last is None:
+            raise ValueError("no readable record below the high watermark")
+        return Predecessor.from_record(json.loads(last.value() or b""))
+    except ValueError as exc:
+        # Expired or unreadable: assume the worst, a holder that died connected.
+        LOG.warning("election.predecessor_unknown", offset=high - 1, error=str(exc))
+        return Predecessor("unknown", CONNECTED, time.time(), False)

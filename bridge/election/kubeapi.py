@@ -146,8 +146,10 @@ class LeaseApi:
         self._leases = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
         self._http = httpx.Client(base_url=server, verify=tls, follow_redirects=False)
 
-    def get(self, *, timeout: float | None = None) -> httpx.Response:
-        return self.call("GET", "get", timeout=timeout)
+    def get(self, *, timeout: float | None = None, name: str | None = None) -> httpx.Response:
+        """GET this Lease, or the Lease ``name`` in the same namespace."""
+        path = None if name is None else f"{self._leases}/{name}"
+        return self.call("GET", "get", path=path, timeout=timeout)
 
     def create(self, spec: Json) -> httpx.Response:
         meta = {"name": self.name, "namespace": self.namespace}

@@ -32,10 +32,11 @@ import time
 import httpx
 
 from bridge.config import Settings
-from bridge.election.base import CONNECTED, RELEASED, Predecessor, RoleReporter, Term
+from bridge.election.base import CLAIMED, CONNECTED, RELEASED, Predecessor, RoleReporter, Term
 from bridge.election.kubeapi import SA_DIR, Json, LeaseApi, micro_time
 from bridge.errors import ElectionError
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 
 LOG = EventLog("bridge.election.kubernetes")
 LAST_EVENT = "livestream-bridge/last-event"
@@ -50,6 +51,7 @@ class KubernetesElection:
     def __init__(self, settings: Settings, metrics: Metrics, state: State) -> None:
         self._cfg = cfg = settings.election
         self.identity = cfg.identity
+        self._max_connections = settings.livestream.max_connections
         self.namespace = cfg.lease_namespace or ""
         self._roles = RoleReporter(self.identity, metrics, state, LOG)
         self._state = state
@@ -61,7 +63,8 @@ class KubernetesElection:
         self._record: Json | None = None  # the Lease as last read or written
         self._observed: tuple[str, float] = ("", 0.0)  # (resourceVersion, monotonic seen)
         self._term: Term | None = None
-        self._pending: Json | None = None  # a "connected" event for the renewer to write
+        self._pending: Json | None = None  # an event for the renewer to write
+        self._stored = threading.Event()  # the last pending event was written
         self._holdoff_until = 0.0
         self._wake = threading.Event()
         self._closed = threading.Event()
@@ -118,6 +121,15 @@ class KubernetesElection:
                 return
             self._pending = self._event(CONNECTED, False, self._term.number)
         self._wake.set()  # the renewer writes it at once; the caller never blocks on the API
+
+    def claim(self) -> bool:
+        with self._lock:
+            if self._term is None or self._term.lost.is_set():
+                return False
+            term, self._pending = self._term, self._event(CLAIMED, False, self._term.number)
+            self._stored.clear()
+        self._wake.set()  # the renewer writes it at once; this caller waits for the write
+        return self._stored.wait(self._cfg.renew_deadline_s) and not term.lost.is_set()
 
     def release(self, *, clean: bool) -> None:
         term = self._stop_renewer()
@@ -266,6 +278,7 @@ class KubernetesElection:
         with self._lock:
             if self._pending is pending:
                 self._pending = None
+                self._stored.set()
         return True
 
     def _end(self, term: Term, reason: str) -> None:
@@ -310,7 +323,8 @@ class KubernetesElection:
         return {**spec, "leaseDurationSeconds": self._duration, "leaseTransitions": transitions}
 
     def _event(self, kind: str, clean: bool, term: int) -> Json:
-        return dict(identity=self.identity, kind=kind, at=time.time(), clean=clean, term=term)
+        event = dict(identity=self.identity, kind=kind, at=time.time(), clean=clean, term=term)
+        return {**event, "max_connections": self._max_connections}
 
     def _where(self) -> str:
         return f"{self.namespace}/{self._cfg.lease_name}"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from bridge.config import Settings
 from bridge.election.base import CONNECTED, RELEASED, Predecessor, RoleReporter, Term
-from bridge.observability import EventLog, Metrics, State
+from bridge.logs import EventLog
+from bridge.observability import Metrics, State
 
 LOG = EventLog("bridge.election.none")
 # How often a connected leader renews its record, and how far ahead each record reaches.
@@ -134,6 +135,11 @@ class NoneElection:
         with self._lock:
             live = self._term is not None and not self._term.lost.is_set()
             return self.identity if live else None
+
+    def claim(self) -> bool:
+        """Nothing to record: a single instance shares no stream with another replica."""
+        with self._lock:
+            return self._term is not None and not self._term.lost.is_set()
 
     def announce_connected(self) -> None:
         """Record the open connection and keep renewing the record until the term ends."""

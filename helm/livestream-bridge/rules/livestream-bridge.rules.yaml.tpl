@@ -10,35 +10,45 @@ alert, named like it. Prometheus' own {{ $labels }} templating is escaped as {{`
 {{- $r := include "livestream-bridge.restartSelector" . -}}
 {{- $book := .Values.metrics.prometheusRule.runbookBaseUrl -}}
 {{- $a := .Values.metrics.prometheusRule.alerts -}}
+{{- $slots := include "livestream-bridge.maxConnections" . -}}
 groups:
   - name: livestream-bridge
     rules:
       {{- with $a.noLeader }}{{ if .enabled }}
-      # sum(...) is the number of replicas leading; absent() covers "no replica exports
-      # anything" (all pods gone), which a sum over nothing would never report.
+      # sum(...) is the number of replicas leading, one per slot held; below the slots
+      # (livestream.maxConnections), Adobe sends some hits to a connection nobody holds.
+      # absent() covers "no replica exports anything" (all pods gone), which a sum over
+      # nothing would never report.
       - alert: LivestreamBridgeNoLeader
         expr: |
           (
             sum by (namespace, job) (livestream_bridge_leader{ {{- $s -}} })
             or
             0 * absent(livestream_bridge_leader{ {{- $s -}} })
-          ) < 1
+          ) < {{ $slots }}
         for: {{ .for }}
         labels:
           {{- include "livestream-bridge.alertLabels" (list $ .severity) | nindent 10 }}
         annotations:
+          {{- if eq $slots "1" }}
           summary: >-
             {{`No Live Stream bridge replica of {{ $labels.namespace }}/{{ $labels.job }} leads`}}
           description: >-
             {{`No replica has held the leadership for {{ $labels.namespace }}/{{ $labels.job }} for ` }}{{ .for }}{{`: nothing reads Live Stream, and hits wait at Adobe, which keeps them for a limited time only.`}}
+          {{- else }}
+          summary: >-
+            {{`Only {{ $value }} of ` }}{{ $slots }}{{` Live Stream slots of {{ $labels.namespace }}/{{ $labels.job }} have a holder`}}
+          description: >-
+            {{`Fewer replicas than slots (` }}{{ $slots }}{{`) have held a slot for {{ $labels.namespace }}/{{ $labels.job }} for ` }}{{ .for }}{{`: nobody reads the hits Adobe sends to the unheld slots' connections, and they wait at Adobe, which keeps them for a limited time only.`}}
+          {{- end }}
           runbook_url: {{ printf "%s#livestreambridgenoleader" $book }}
       {{- end }}{{ end }}
       {{- with $a.multipleLeaders }}{{ if .enabled }}
-      # Summed over everything but the replica's own labels, so a per-slot label, if the
-      # bridge grows one, keeps this per slot.
+      # More replicas leading than there are slots: some slot has two holders. Summed
+      # over everything but the replica's own labels.
       - alert: LivestreamBridgeMultipleLeaders
         expr: |
-          sum without (instance, pod) (livestream_bridge_leader{ {{- $s -}} }) > 1
+          sum without (instance, pod) (livestream_bridge_leader{ {{- $s -}} }) > {{ $slots }}
         for: {{ .for }}
         labels:
           {{- include "livestream-bridge.alertLabels" (list $ .severity) | nindent 10 }}
@@ -46,7 +56,7 @@ groups:
           summary: >-
             {{`{{ $value }} Live Stream bridge replicas lead at once in {{ $labels.namespace }}/{{ $labels.job }}`}}
           description: >-
-            {{`More than one replica reports livestream_bridge_leader=1 for ` }}{{ .for }}{{`. Both try to hold the Live Stream connection (expect 409s); Kafka's transactional fencing keeps the older one from committing, but the election is not doing its job.`}}
+            {{`More than ` }}{{ if eq $slots "1" }}{{`one replica reports`}}{{ else }}{{ $slots }}{{` replicas (one per slot) report`}}{{ end }}{{` livestream_bridge_leader=1 for ` }}{{ .for }}{{`. Both try to hold the Live Stream connection (expect 409s); Kafka's transactional fencing keeps the older one from committing, but the election is not doing its job.`}}
           runbook_url: {{ printf "%s#livestreambridgemultipleleaders" $book }}
       {{- end }}{{ end }}
       {{- with $a.notCommitting }}{{ if .enabled }}

@@ -108,6 +108,81 @@ topic, lease or transactional id.
 {{- default (include "livestream-bridge.fullname" .) .Values.election.leaseName }}
 {{- end }}
 
+{{/*
+livestream.maxConnections as an integer: the number of slots, each held by one replica.
+*/}}
+{{- define "livestream-bridge.maxConnections" -}}
+{{- int .Values.livestream.maxConnections }}
+{{- end }}
+
+{{/*
+Replicas: replicaCount, or by default one per slot plus one standby for the set (2 for
+maxConnections 1, as before slots existed).
+*/}}
+{{- define "livestream-bridge.replicaCount" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}
+{{- add1 (include "livestream-bridge.maxConnections" . | int) }}
+{{- else }}
+{{- int .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/*
+Lease of slot i (kubernetes backend): slot 0 keeps the plain name, slot i >= 1 appends
+"-<i>", as the bridge names them. Called with (list $ i).
+*/}}
+{{- define "livestream-bridge.slotLeaseName" -}}
+{{- $root := index . 0 }}
+{{- $slot := index . 1 | int }}
+{{- $base := include "livestream-bridge.leaseName" $root }}
+{{- if eq $slot 0 }}{{ $base }}{{ else }}{{ printf "%s-%d" $base $slot }}{{ end }}
+{{- end }}
+
+{{/*
+Lease names of the slots this release may hold (maxConnections of them), as a JSON list.
+*/}}
+{{- define "livestream-bridge.heldLeaseNames" -}}
+{{- $names := list }}
+{{- range $i := until (include "livestream-bridge.maxConnections" . | int) }}
+{{- $names = append $names (include "livestream-bridge.slotLeaseName" (list $ $i)) }}
+{{- end }}
+{{- toJson $names }}
+{{- end }}
+
+{{/*
+Lease names of the slots above maxConnections, up to Live Stream's limit of 8, as a JSON
+list: the bridge only reads them, to see that nobody holds a slot with another
+maxConnections before it connects.
+*/}}
+{{- define "livestream-bridge.otherLeaseNames" -}}
+{{- $names := list }}
+{{- range $i := untilStep (include "livestream-bridge.maxConnections" . | int) 8 1 }}
+{{- $names = append $names (include "livestream-bridge.slotLeaseName" (list $ $i)) }}
+{{- end }}
+{{- toJson $names }}
+{{- end }}
+
+{{/*
+The PodDisruptionBudget's one limit, as a YAML line. An explicit minAvailable or
+maxUnavailable wins. Otherwise, with several slots and at least one standby, every slot
+keeps a holder (minAvailable: maxConnections); with one slot, or no standby to hand a slot
+to, one pod at a time (minAvailable would then equal the replicas and block every drain).
+*/}}
+{{- define "livestream-bridge.pdbLimit" -}}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $n := include "livestream-bridge.maxConnections" . | int }}
+{{- $replicas := include "livestream-bridge.replicaCount" . | int }}
+{{- if not (kindIs "invalid" $pdb.minAvailable) }}
+{{- printf "minAvailable: %s" (toJson $pdb.minAvailable) }}
+{{- else if not (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- printf "maxUnavailable: %s" (toJson $pdb.maxUnavailable) }}
+{{- else if and (gt $n 1) (gt $replicas $n) }}
+{{- printf "minAvailable: %d" $n }}
+{{- else }}
+{{- print "maxUnavailable: 1" }}
+{{- end }}
+{{- end }}
+
 {{- define "livestream-bridge.transactionalId" -}}
 {{- default (include "livestream-bridge.fullname" .) .Values.kafka.transactionalId }}
 {{- end }}
@@ -139,8 +214,15 @@ Checks that rendering cannot express in the schema. Included by the Deployment.
 {{- end }}
 {{- end }}
 {{- end }}
-{{- if and (eq .Values.election.backend "none") (gt (int .Values.replicaCount) 1) }}
+{{- if and (eq .Values.election.backend "none") (gt (include "livestream-bridge.replicaCount" . | int) 1) }}
 {{- fail "election.backend=none runs a single instance: set replicaCount to 1 (two replicas would both hold a Live Stream connection)" }}
+{{- end }}
+{{- if and (eq .Values.election.backend "none") (gt (include "livestream-bridge.maxConnections" . | int) 1) }}
+{{- fail "election.backend=none runs a single instance, which holds one slot: set livestream.maxConnections to 1 (Adobe would send the other connections' share of the hits to nobody), or use the kafka or kubernetes election" }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both" }}
 {{- end }}
 {{- end }}
 

@@ -187,8 +187,15 @@ def _wait_one(
     won: queue.SimpleQueue[tuple[int, Term | None, BaseException | None]],
 ) -> None:
     try:
-        won.put((slot, election.wait_for_leadership(enough), None))
-    except BaseException as exc:
+        while not enough.is_set():
+            if (term := election.wait_for_leadership(enough)) is None:
+                return
+            won.put((slot, term, None))
+            # Taken (then ``enough`` is set), or lost before it was: then this slot is
+            # contended for again, and a later win must reach the caller too.
+            while not enough.is_set() and not term.lost.wait(POLL_S):
+                pass
+    except BaseException as exc:  # handed to the waiting caller, which raises it
         won.put((slot, None, exc))
 
 

@@ -64,6 +64,12 @@ class ChunkSink(Protocol):
         """Downstream can take a new connection's data; False: ask again later."""
         ...
 
+    @property
+    def waiting(self) -> str:
+        """Why ``ready`` last said no, as an upstream state (``waiting_kafka``: Kafka cannot
+        take data; ``waiting_slots``: another slot may be connected with another N)."""
+        ...
+
     def opened(self, connection_id: int) -> None:
         """A 200 stream started: make a fresh decoder."""
         ...
@@ -211,15 +217,15 @@ class Upstream:
 
     def _await_ready(self, sink: ChunkSink, stop: Cancel) -> bool:
         self._state = "waiting"
-        told = False
+        told = ""
         while not stop.is_set():
             started = time.monotonic()
             if sink.ready(_READY_POLL_S):
                 return True
-            if not told:
-                log.info("upstream.sink_not_ready")
-                self._report("waiting_kafka")
-                told = True
+            if told != sink.waiting:
+                told = sink.waiting
+                log.info("upstream.sink_not_ready", state=told)
+                self._report(told)
             stop.wait(max(0.0, _READY_POLL_S - (time.monotonic() - started)))
         return False
 

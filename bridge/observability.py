@@ -57,6 +57,7 @@ UPSTREAM_STATES = (
     "backing_off",
     "refused",
     "waiting_kafka",
+    "waiting_slots",
 )
 REFUSAL_STATUSES = ("409", "503", "500", "401", "404", "424", "403", "429")
 # Answers only an operator can fix (a setting, an entitlement, Adobe enabling the stream).

@@ -174,13 +174,18 @@ class _Sink:
         self._state, self._announce, self._agree = state, announce, agree
         # The pump tops up the dedupe window once, just before the first connection.
         self.top_up_wanted, self.topped_up = threading.Event(), threading.Event()
+        self.waiting = "waiting_kafka"
 
     def ready(self, timeout: float) -> bool:
         # Reconnecting while Kafka cannot take data would only fill the queue again and
         # then drop the connection again: a reconnect storm by another name. And no
         # connection at all while another slot may hold one with another maxConnections
         # (bridge.election.agreement).
-        if self._publisher.unreachable_for() == 0.0 and self._agree():
+        if self._publisher.unreachable_for() > 0.0:
+            self.waiting = "waiting_kafka"
+        elif not self._agree():
+            self.waiting = "waiting_slots"
+        else:
             self.top_up_wanted.set()
             return self.topped_up.wait(timeout)
         self._halt.wait(timeout)

@@ -299,6 +299,8 @@ class RecordingSink:
         self._corrupt: dict[int, str] = {}  # connection id -> what its decoder found
         self._taken = 0  # how many of ``chunks`` are decoded
 
+    waiting = "waiting_kafka"
+
     def ready(self, timeout: float) -> bool:
         return self.is_ready.wait(timeout)
 

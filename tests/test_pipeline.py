@@ -313,6 +313,7 @@ def test_no_connection_and_no_top_up_until_the_slots_agree() -> None:
     sink = rig.pipeline._sink
     assert not sink.ready(0)
     assert not sink.ready(0)
+    assert sink.waiting == "waiting_slots"
     assert not sink.top_up_wanted.is_set()
     sink.topped_up.set()
     assert sink.ready(0)

@@ -281,6 +281,11 @@ def test_changing_n_from_2_to_3_under_traffic(
             "a new replica to find the old N in use",
         )
         assert all(slot_of(p) is None for p in new)
+        wait_until(
+            lambda: any((p.status() or {}).get("upstream") == "waiting_slots" for p in new),
+            10,
+            "the waiting holder's upstream state to say why",
+        )
         for old in three:
             assert old.stop() == 0
         held = all_slots_streaming(new, 90, slots=3)

@@ -91,6 +91,8 @@ class Bridge:
         """What /status adds to State's own keys (read from the HTTP thread)."""
         term, newest = self._term, self.metrics.committed_hits.newest
         out: dict[str, Any] = {"reader_queue_bytes": int(self._queued_bytes())}
+        # The metric's finer state (waiting_grace, backing_off, waiting_slots, ...).
+        out["upstream_state"] = self.upstream.reported_state
         if term is not None:
             out["term"] = term.number
         if newest is not None:

@@ -282,7 +282,7 @@ def test_changing_n_from_2_to_3_under_traffic(
         )
         assert all(slot_of(p) is None for p in new)
         wait_until(
-            lambda: any((p.status() or {}).get("upstream") == "waiting_slots" for p in new),
+            lambda: any((p.status() or {}).get("upstream_state") == "waiting_slots" for p in new),
             10,
             "the waiting holder's upstream state to say why",
         )

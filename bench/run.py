@@ -90,6 +90,37 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def thread_cpu_s(pid: int) -> dict[tuple[int, str], float]:
+    """utime + stime of each live thread of ``pid``, keyed by (tid, name), in seconds."""
+    out: dict[tuple[int, str], float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            text = (task / "stat").read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
+def thread_table(
+    before: dict[tuple[int, str], float], after: dict[tuple[int, str], float], hits: int
+) -> str:
+    """CPU per thread name over the span, in us per hit; threads gone at the end are lost."""
+    by_name: dict[str, list[float]] = {}
+    for key, cpu in after.items():
+        # a thread born during the span (a per-commit thread, a new broker thread) counts whole
+        entry = by_name.setdefault(re.sub(r"\d+$", "#", key[1]), [0.0, 0.0])
+        entry[0] += cpu - before.get(key, 0.0)
+        entry[1] += 1
+    rows = sorted(by_name.items(), key=lambda kv: -kv[1][0])
+    lines = [f"{'thread':<20} {'n':>3} {'cpu s':>8} {'us/hit':>8}"]
+    for name, (cpu, n) in rows:
+        lines.append(f"{name:<20} {int(n):>3} {cpu:>8.2f} {cpu / hits * 1e6:>8.1f}")
+    total = sum(v[0] for v in by_name.values())
+    lines.append(f"{'(live threads)':<20} {'':>3} {total:>8.2f} {total / hits * 1e6:>8.1f}")
+    return "\n".join(lines)
+
+
 def peak_rss_mib(pid: int | str = "self") -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -251,9 +282,30 @@ class BridgeRun:
 
 BRIDGE_PROPERTIES: dict[str, str] = {"log_level": "3"}  # --bridge-property adds to these
 
+# --threads: CPython 3.11 leaves every thread's OS name "python", so /proc cannot tell them
+# apart; this launcher gives each one its threading name (truncated to 15 bytes, as the
+# kernel does) before running the bridge's CLI unchanged.
+NAMED_THREADS_BOOT = """
+import ctypes, runpy, sys, threading
+prctl = ctypes.CDLL(None).prctl
+inner = threading.Thread._bootstrap_inner
+def named(self):
+    prctl(15, self.name.encode()[:15], 0, 0, 0)
+    inner(self)
+threading.Thread._bootstrap_inner = named
+prctl(15, b"main", 0, 0, 0)
+sys.argv[0] = "bridge.cli"
+runpy.run_module("bridge.cli", run_name="__main__", alter_sys=True)
+"""
+
 
 def start_bridge(
-    sim: SimProcess, bootstrap: str, topic: str, log_dir: Path, **extra: str
+    sim: SimProcess,
+    bootstrap: str,
+    topic: str,
+    log_dir: Path,
+    named_threads: bool = False,
+    **extra: str,
 ) -> BridgeRun:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -277,9 +329,10 @@ def start_bridge(
         **extra,
     }
     log_path = log_dir / f"bridge-{topic}.log"
+    launch = ["-c", NAMED_THREADS_BOOT] if named_threads else ["-m", "bridge.cli"]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
+            [sys.executable, *launch, "--env-file", "/nonexistent", "run"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -288,14 +341,17 @@ def start_bridge(
     return BridgeRun(proc, port, log_path)
 
 
-def phase_bridge(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> dict[str, float]:
+def phase_bridge(
+    bootstrap: str, hits: int, partitions: int, log_dir: Path, threads: bool = False
+) -> dict[str, float]:
     topic = f"bench-bridge-{uuid.uuid4().hex[:10]}"
     create_topics(bootstrap, [topic, f"{topic}-dlq"], partitions)
     sim = SimProcess(rate=0, total_hits=hits)
-    bridge = start_bridge(sim, bootstrap, topic, log_dir)
+    bridge = start_bridge(sim, bootstrap, topic, log_dir, named_threads=threads)
     try:
         deadline = time.monotonic() + 120 + hits / 2000
         cpu_before: float | None = None
+        threads_before: dict[tuple[int, str], float] = {}
         while True:
             bridge.check_alive()
             if time.monotonic() > deadline:
@@ -308,10 +364,17 @@ def phase_bridge(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> d
                     "livestream_bridge_upstream_compressed_bytes_total", 0
                 ):
                     cpu_before = cpu  # nothing read yet: start-up is not counted
+                    if threads:
+                        threads_before = thread_cpu_s(bridge.proc.pid)
                 if m.get("livestream_bridge_records_published_total", 0) >= hits:
                     break
             time.sleep(POLL_S)
         end, cpu_end = now, proc_cpu_s(bridge.proc.pid)
+        if threads:
+            table = thread_table(threads_before, thread_cpu_s(bridge.proc.pid), hits)
+            total = (cpu_end - cpu_before) / hits * 1e6
+            print(f"bridge CPU by thread ({total:.1f} us/hit all threads):", file=sys.stderr)
+            print(table, file=sys.stderr)
         rss = peak_rss_mib(bridge.proc.pid)
         start = sim.stream_start()
         assert cpu_before is not None
@@ -585,6 +648,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="extra librdkafka property for the bridge's clients (tuning experiments)",
     )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="print the bridge's CPU per thread name over the timed span (to stderr)",
+    )
     parser.add_argument("--only", choices=("bridge", "ceiling", "peer", "latency"), action="append")
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -623,7 +691,9 @@ def main(argv: list[str] | None = None) -> int:
             phase_client("ceiling", bootstrap, args.warmup, args.partitions)
         if "bridge" in only:
             log(f"bridge: {args.hits:,} hits ...")
-            res["bridge"] = phase_bridge(bootstrap, args.hits, args.partitions, log_dir)
+            res["bridge"] = phase_bridge(
+                bootstrap, args.hits, args.partitions, log_dir, args.threads
+            )
             log(f"  {res['bridge']}")
         for role in ("ceiling", "peer"):
             if role in only:

@@ -14,15 +14,17 @@ bridge    ``livestream-bridge run`` as a subprocess (election off, transactions,
           idempotence, dedupe with the default 6M window), fed ``--hits`` hits by a simulator
           serving a pre-generated corpus as fast as the bridge reads (rate=0). Time runs
           from the stream's start (the simulator's attempt log) to the first poll of
-          /metrics (every 50 ms) showing ``records_published_total`` = hits, i.e. every
-          hit committed. CPU is utime+stime of the bridge process (all its threads,
-          librdkafka's included) over that span, peak RSS its VmHWM.
+          /metrics (every 50 ms near the end, see next_poll_s) showing
+          ``records_published_total`` = hits, i.e. every hit committed. CPU is utime+stime
+          of the bridge process (all its threads, librdkafka's included) over that span,
+          peak RSS its VmHWM. ``--threads`` also prints that CPU per thread name.
 slots     maxConnections = 2 (issue 16): two ``livestream-bridge run`` subprocesses of one
           deployment (Kafka election, shared transactional id and election names, each its
           own port and identity), each holding one slot and one connection to the same kind
           of simulator, fed ``--hits`` hits in all. The simulator starts paused, so neither
           slot gets a head start while the election settles; time runs from its resume,
-          once both slots stream, to the first poll of both /metrics (every 50 ms) whose
+          once both slots stream, to the first poll of both /metrics (paced as in the
+          bridge phase) whose
           ``records_published_total`` add up to the hits. Aggregate hits/s next to the
           bridge's N = 1 figure; CPU is both processes', peak RSS the larger one.
           ``--no-slots`` skips it. The simulator's one process then encodes for two
@@ -81,6 +83,7 @@ from livestream_sim import Simulator, SimulatorConfig  # noqa: E402
 MB = 1_000_000
 MIB = 1 << 20
 POLL_S = 0.05
+POLL_SLOW_S = 0.5  # see next_poll_s
 CLIENT_ID, CLIENT_SECRET = "sim-client", "sim-secret"  # the simulator's well-known test pair
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -99,6 +102,37 @@ def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def thread_cpu_s(pid: int) -> dict[tuple[int, str], float]:
+    """utime + stime of each live thread of ``pid``, keyed by (tid, name), in seconds."""
+    out: dict[tuple[int, str], float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            text = (task / "stat").read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            out[(int(task.name), name)] = (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
+def thread_table(
+    before: dict[tuple[int, str], float], after: dict[tuple[int, str], float], hits: int
+) -> str:
+    """CPU per thread name over the span, in us per hit; threads gone at the end are lost."""
+    by_name: dict[str, list[float]] = {}
+    for key, cpu in after.items():
+        # a thread born during the span (a per-commit thread, a new broker thread) counts whole
+        entry = by_name.setdefault(re.sub(r"\d+$", "#", key[1]), [0.0, 0.0])
+        entry[0] += cpu - before.get(key, 0.0)
+        entry[1] += 1
+    rows = sorted(by_name.items(), key=lambda kv: -kv[1][0])
+    lines = [f"{'thread':<20} {'n':>3} {'cpu s':>8} {'us/hit':>8}"]
+    for name, (cpu, n) in rows:
+        lines.append(f"{name:<20} {int(n):>3} {cpu:>8.2f} {cpu / hits * 1e6:>8.1f}")
+    total = sum(v[0] for v in by_name.values())
+    lines.append(f"{'(live threads)':<20} {'':>3} {total:>8.2f} {total / hits * 1e6:>8.1f}")
+    return "\n".join(lines)
 
 
 def peak_rss_mib(pid: int | str = "self") -> float:
@@ -292,6 +326,38 @@ class BridgeRun:
 
 BRIDGE_PROPERTIES: dict[str, str] = {"log_level": "3"}  # --bridge-property adds to these
 
+# --threads: CPython 3.11 leaves every thread's OS name "python", so /proc cannot tell them
+# apart; this launcher gives each one its threading name (truncated to 15 bytes, as the
+# kernel does) before running the bridge's CLI unchanged.
+NAMED_THREADS_BOOT = """
+import ctypes, runpy, sys, threading
+prctl = ctypes.CDLL(None).prctl
+inner = threading.Thread._bootstrap_inner
+def named(self):
+    prctl(15, self.name.encode()[:15], 0, 0, 0)
+    inner(self)
+threading.Thread._bootstrap_inner = named
+prctl(15, b"main", 0, 0, 0)
+sys.argv[0] = "bridge.cli"
+runpy.run_module("bridge.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def next_poll_s(done: float, total: float, elapsed_s: float) -> float:
+    """How long to wait before the next /metrics poll of a bridge run.
+
+    Each scrape costs the bridge ~3 ms of CPU under its GIL (prometheus_client renders ~400
+    series): at 20 polls/s that was ~3 us/hit (a tenth of its CPU), which no production
+    scrape interval charges and neither the ceiling nor the peer pays. So poll slowly while
+    the end is far, extrapolated from the rate so far, and every ``POLL_S`` near it (and
+    before the first record), which keeps the end's resolution at ``POLL_S``.
+    """
+    if done <= 0 or elapsed_s <= 0:
+        return POLL_S
+    eta_s = (total - done) / (done / elapsed_s)
+    # eta / 4: only a bridge 4x faster than its average so far could finish unobserved
+    return POLL_S if eta_s < 1.0 else min(POLL_SLOW_S, max(POLL_S, eta_s / 4))
+
 
 def start_bridge(
     sim: SimProcess,
@@ -300,7 +366,8 @@ def start_bridge(
     log_dir: Path,
     *,
     log_name: str | None = None,
-    **extra: str,
+    named_threads: bool = False,
+    extra: dict[str, str] | None = None,
 ) -> BridgeRun:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
@@ -321,12 +388,13 @@ def start_bridge(
         "BRIDGE_LOG__FORMAT": "json",
         "BRIDGE_LOG__LEVEL": "WARNING",
         "BRIDGE_SECRETS_DIR": "/nonexistent",
-        **extra,
+        **(extra or {}),
     }
     log_path = log_dir / f"bridge-{log_name or topic}.log"
+    launch = ["-c", NAMED_THREADS_BOOT] if named_threads else ["-m", "bridge.cli"]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "--env-file", "/nonexistent", "run"],
+            [sys.executable, *launch, "--env-file", "/nonexistent", "run"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -335,14 +403,18 @@ def start_bridge(
     return BridgeRun(proc, port, log_path)
 
 
-def phase_bridge(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> dict[str, float]:
+def phase_bridge(
+    bootstrap: str, hits: int, partitions: int, log_dir: Path, threads: bool = False
+) -> dict[str, float]:
     topic = f"bench-bridge-{uuid.uuid4().hex[:10]}"
     create_topics(bootstrap, [topic, f"{topic}-dlq"], partitions)
     sim = SimProcess(rate=0, total_hits=hits)
-    bridge = start_bridge(sim, bootstrap, topic, log_dir)
+    bridge = start_bridge(sim, bootstrap, topic, log_dir, named_threads=threads)
     try:
         deadline = time.monotonic() + 120 + hits / 2000
         cpu_before: float | None = None
+        threads_before: dict[tuple[int, str], float] = {}
+        wait_s, first_read = POLL_S, 0.0
         while True:
             bridge.check_alive()
             if time.monotonic() > deadline:
@@ -355,10 +427,21 @@ def phase_bridge(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> d
                     "livestream_bridge_upstream_compressed_bytes_total", 0
                 ):
                     cpu_before = cpu  # nothing read yet: start-up is not counted
-                if m.get("livestream_bridge_records_published_total", 0) >= hits:
+                    if threads:
+                        threads_before = thread_cpu_s(bridge.proc.pid)
+                else:
+                    first_read = first_read or now
+                published = m.get("livestream_bridge_records_published_total", 0)
+                if published >= hits:
                     break
-            time.sleep(POLL_S)
+                wait_s = next_poll_s(published, hits, now - first_read) if first_read else POLL_S
+            time.sleep(wait_s)
         end, cpu_end = now, proc_cpu_s(bridge.proc.pid)
+        if threads:
+            table = thread_table(threads_before, thread_cpu_s(bridge.proc.pid), hits)
+            total = (cpu_end - cpu_before) / hits * 1e6
+            print(f"bridge CPU by thread ({total:.1f} us/hit all threads):", file=sys.stderr)
+            print(table, file=sys.stderr)
         rss = peak_rss_mib(bridge.proc.pid)
         start = sim.stream_start()
         assert cpu_before is not None
@@ -406,8 +489,7 @@ def phase_slots(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> di
             topic,
             log_dir,
             log_name=f"{topic}-{i}",
-            BRIDGE_ELECTION__IDENTITY=f"bench-{i}",
-            **shared,
+            extra={"BRIDGE_ELECTION__IDENTITY": f"bench-{i}", **shared},
         )
         for i in range(SLOTS)
     ]
@@ -435,11 +517,14 @@ def phase_slots(bootstrap: str, hits: int, partitions: int, log_dir: Path) -> di
             cpu = [proc_cpu_s(b.proc.pid) for b in bridges]
             polled = [b.try_metrics() for b in bridges]
             now = time.time()
+            wait_s = POLL_S
             if all(m is not None for m in polled):
                 ms = cast("list[dict[str, float]]", polled)
-                if sum(m.get("livestream_bridge_records_published_total", 0) for m in ms) >= hits:
+                published = sum(m.get("livestream_bridge_records_published_total", 0) for m in ms)
+                if published >= hits:
                     break
-            time.sleep(POLL_S)
+                wait_s = next_poll_s(published, hits, now - start)
+            time.sleep(wait_s)
         sim_cpu = proc_cpu_s(sim.proc.pid) - sim_cpu_before
         dup = sum(m.get("livestream_bridge_records_deduplicated_total", 0.0) for m in ms)
         if dup:
@@ -617,7 +702,9 @@ def phase_latency(
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     sim = SimProcess(rate=rate, total_hits=0)
     # reset=largest: start with the hits produced from now on, not a backlog burst.
-    bridge = start_bridge(sim, bootstrap, topic, log_dir, BRIDGE_LIVESTREAM__RESET="largest")
+    bridge = start_bridge(
+        sim, bootstrap, topic, log_dir, extra={"BRIDGE_LIVESTREAM__RESET": "largest"}
+    )
     latencies: list[float] = []
     try:
         deadline = time.monotonic() + 120
@@ -726,6 +813,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=("bridge", "slots", "ceiling", "peer", "latency"), action="append"
     )
+    parser.add_argument(
+        "--threads",
+        action="store_true",
+        help="print the bridge's CPU per thread name over the timed span (to stderr)",
+    )
     parser.add_argument("--paused", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -767,7 +859,9 @@ def main(argv: list[str] | None = None) -> int:
             phase_client("ceiling", bootstrap, args.warmup, args.partitions)
         if "bridge" in only:
             log(f"bridge: {args.hits:,} hits ...")
-            res["bridge"] = phase_bridge(bootstrap, args.hits, args.partitions, log_dir)
+            res["bridge"] = phase_bridge(
+                bootstrap, args.hits, args.partitions, log_dir, args.threads
+            )
             log(f"  {res['bridge']}")
         if "slots" in only:
             log(f"slots: maxConnections={SLOTS}, {SLOTS} replicas, {args.hits:,} hits in all ...")

@@ -84,6 +84,11 @@ class ChunkQueue:
         self._items: deque[Item] = deque()
         self._bytes = 0
         self._max = max_bytes
+        # A reader waiting for room is woken once the queue has drained to half, not by
+        # every get: it then refills in a burst of full-size reads from the socket buffer
+        # that filled meanwhile. Woken per get, it made one small read per chunk taken, at
+        # twice the reader's CPU per hit. The bound and its back-pressure are as before.
+        self._low = max_bytes // 2
         self._deposed = deposed
         self._cond = threading.Condition()
         # Set when the pump wants the current connection gone. The bytes the server still
@@ -124,7 +129,8 @@ class ChunkQueue:
                 return None
             item = self._items.popleft()
             self._bytes -= len(item.data)
-            self._cond.notify_all()
+            if self._bytes < self._low or self._cut:
+                self._cond.notify_all()
             return item
 
     def cut(self) -> None:

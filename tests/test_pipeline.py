@@ -347,6 +347,21 @@ def test_full_queue_pushes_back_until_room_is_made() -> None:
     assert result == [True] and queue.bytes == 10
 
 
+def test_a_blocked_put_resumes_once_the_queue_has_drained_below_half() -> None:
+    """A reader blocked on a full queue is not woken by each get, only once the pump has
+    taken it below half its bound; then its chunk goes in."""
+    queue = ChunkQueue(100, Cancel(), 0.5)
+    for _ in range(4):
+        assert queue.put(data(25))
+    thread, result = put_on_thread(queue, data(10))
+    assert queue.get(1) is not None and queue.get(1) is not None  # 50 left: not below half
+    thread.join(0.2)
+    assert thread.is_alive() and queue.bytes == 50
+    assert queue.get(1) is not None  # 25 left
+    thread.join(2)
+    assert result == [True] and queue.bytes == 35
+
+
 def test_deposition_wakes_a_blocked_put_which_drops_its_chunk() -> None:
     """Firing deposed wakes a put blocked on a full queue at once; it returns False and
     queues nothing, and later data is refused while opens and closes still pass."""

@@ -219,6 +219,14 @@ class Bridge:
         except FencedError as exc:
             fenced = pumped = True
             self.log.warning("bridge.fenced", term=term.number, error=str(exc))
+        except PublishError as exc:
+            # Deposed while Kafka refused the records in hand: they were never committed and
+            # go with the term (as a dead leader's would); a replica that is no longer
+            # leader stands by. Any other PublishError ends the process.
+            if not term.lost.is_set():
+                raise
+            pumped = True
+            self.log.warning("bridge.deposed_in_outage", term=term.number, error=str(exc))
         finally:
             reason = "shutdown" if stop.is_set() else "leadership ended"
             halt.set(reason)

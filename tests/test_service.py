@@ -230,6 +230,44 @@ def test_failed_commit_is_an_outage_not_a_crash(
     assert raised == []
 
 
+def test_a_leader_deposed_during_a_kafka_outage_stands_by_and_leads_again(
+    sim: Simulator, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deposed while Kafka refuses the records in hand (the retry gives up once halted): the
+    term ends with its uncommitted records, the process does not; it leads again and every
+    hit still lands exactly once (the simulator resends what was in flight)."""
+    bridge, stop, thread, raised = in_process(sim, kafka_bootstrap, monkeypatch)
+    real = bridge.publisher.publish_many
+    calls = {"n": 0, "deposed": 0}
+
+    def refusing(records: list[bytes], received_at: float, start: int = 0) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 3 and not calls["deposed"]:
+            term = bridge._term
+            if calls["n"] >= 6 and term is not None:
+                calls["deposed"] = term.number
+                term.lose("injected: deposed during the outage")
+            exc = PublishError("injected: Kafka refuses")
+            exc.resume_at = start
+            raise exc
+        real(records, received_at, start)
+
+    monkeypatch.setattr(bridge.publisher, "publish_many", refusing)
+    thread.start()
+    try:
+        topic = bridge.settings.kafka.topic
+        v = wait_for_all(kafka_bootstrap, topic, sim.emitted_hit_ids, timeout=120)
+        assert calls["deposed"] == 1, "the injected deposition must have happened"
+        assert raised == []
+        assert bridge.metrics.election_term._value.get() == 2
+        assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not thread.is_alive()
+    assert raised == []
+
+
 def test_kafka_setup_error_at_begin_ends_the_run_and_releases(
     sim: Simulator, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,7 @@ ROWS = {
     },
     "Leadership": {
         "livestream_bridge_leader",
+        "livestream_bridge_slot",
         "livestream_bridge_election_term",
         "livestream_bridge_leadership_transitions_total",
     },

@@ -216,13 +216,29 @@ def test_failed_commit_is_an_outage_not_a_crash(
         real()
 
     monkeypatch.setattr(bridge.publisher, "maybe_commit", flaky)
+    with running_until_all_landed(bridge, stop, thread, raised, sim=sim, bootstrap=kafka_bootstrap):
+        assert calls["n"] >= 40, "the injected failures must have happened"
+
+
+@contextlib.contextmanager
+def running_until_all_landed(
+    bridge: Bridge,
+    stop: threading.Event,
+    thread: threading.Thread,
+    raised: list[BaseException],
+    *,
+    sim: Simulator,
+    bootstrap: str,
+) -> Iterator[None]:
+    """Run ``bridge`` until every emitted hit is committed exactly once, with nothing
+    raised; then the body's checks; then stop it cleanly."""
     thread.start()
     try:
         topic = bridge.settings.kafka.topic
-        v = wait_for_all(kafka_bootstrap, topic, sim.emitted_hit_ids, timeout=120)
-        assert calls["n"] >= 40, "the injected failures must have happened"
+        v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
         assert raised == []
         assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
+        yield
     finally:
         stop.set()
         thread.join(60)
@@ -253,19 +269,9 @@ def test_a_leader_deposed_during_a_kafka_outage_stands_by_and_leads_again(
         real(records, received_at, start)
 
     monkeypatch.setattr(bridge.publisher, "publish_many", refusing)
-    thread.start()
-    try:
-        topic = bridge.settings.kafka.topic
-        v = wait_for_all(kafka_bootstrap, topic, sim.emitted_hit_ids, timeout=120)
+    with running_until_all_landed(bridge, stop, thread, raised, sim=sim, bootstrap=kafka_bootstrap):
         assert calls["deposed"] == 1, "the injected deposition must have happened"
-        assert raised == []
         assert bridge.metrics.election_term._value.get() == 2
-        assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
-    finally:
-        stop.set()
-        thread.join(60)
-    assert not thread.is_alive()
-    assert raised == []
 
 
 def test_kafka_setup_error_at_begin_ends_the_run_and_releases(

@@ -66,8 +66,7 @@ class ElectionLog:
         self.topic, self._identity, self._max_connections = topic, identity, max_connections
         log_props = {"enable.idempotence": True, "acks": "all", "linger.ms": 0}
         self._producer = Producer(config(f"{identity}.election-log", log_props))
-        reader_props = {**CONSUMER, "group.id": f"{group_id}.reader"}  # never joins
-        reader_props.update({"enable.partition.eof": True, "auto.offset.reset": "earliest"})
+        reader_props = log_reader_props(f"{group_id}.reader")
         self._reader = Consumer(config(f"{identity}.election-reader", reader_props))
 
     def append(self, kind: str, *, clean: bool, term: int) -> bool:
@@ -111,6 +110,16 @@ class ElectionLog:
 
     def close_reader(self) -> None:
         self._reader.close()
+
+
+def log_reader_props(group_id: str) -> dict[str, Any]:
+    """A consumer that reads an election log by assignment; ``group_id`` is never joined."""
+    return {
+        **CONSUMER,
+        "group.id": group_id,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+    }
 
 
 def read_last_record(reader: Consumer, topic: str, low: int, high: int) -> Predecessor | None:

@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient
 
 from bridge.config import Settings, slot_name
 from bridge.election.agreement import SlotView
-from bridge.election.kafkagroup import CONSUMER, PARTITION, describe_leader, election_client_config
-from bridge.election.kafkalog import READ_S, read_last_record
+from bridge.election.kafkagroup import PARTITION, describe_leader, election_client_config
+from bridge.election.kafkalog import READ_S, log_reader_props, read_last_record
 
 
 class KafkaPeek:
@@ -46,8 +46,7 @@ class KafkaPeek:
     def _open(self) -> tuple[AdminClient, Consumer]:
         if self._clients is None:
             who = f"{self._election.identity}.slot-peek"
-            props = {**CONSUMER, "group.id": f"{self._election.group_id}.peek"}  # never joins
-            props.update({"enable.partition.eof": True, "auto.offset.reset": "earliest"})
+            props = log_reader_props(f"{self._election.group_id}.peek")
             self._clients = (
                 AdminClient(election_client_config(self._kafka, who, {})),
                 Consumer(election_client_config(self._kafka, who, props)),

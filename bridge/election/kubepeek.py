@@ -4,7 +4,6 @@ Lease is renewed, its last record the Lease's last-event annotation."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -12,9 +11,8 @@ from pathlib import Path
 
 from bridge.config import Settings, slot_name
 from bridge.election.agreement import SlotView
-from bridge.election.base import Predecessor
 from bridge.election.kubeapi import SA_DIR, Json, LeaseApi
-from bridge.election.kubernetes import LAST_EVENT
+from bridge.election.kubernetes import last_event
 from bridge.errors import ElectionError
 
 # Another pod's renewTime is read against our wall clock (there is nothing else to read it
@@ -55,13 +53,7 @@ def _view(lease: Json) -> SlotView:
     duration = float(spec.get("leaseDurationSeconds") or 0)
     if holder is not None and renewed is not None and time.time() > renewed + duration + SKEW_S:
         holder = None  # expired: its holder is gone
-    raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(LAST_EVENT)
-    try:
-        record = json.loads(raw) if raw else None
-        last = Predecessor.from_record(record) if isinstance(record, dict) else None
-    except ValueError:
-        last = None
-    return SlotView(holder, last)
+    return SlotView(holder, last_event(lease)[1])
 
 
 def _unix(stamp: object) -> float | None:

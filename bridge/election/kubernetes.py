@@ -43,6 +43,20 @@ LAST_EVENT = "livestream-bridge/last-event"
 _LOST = "lost"  # a write found the Lease held by someone else, or gone
 
 
+def last_event(lease: Json) -> tuple[Json | None, Predecessor | None]:
+    """The Lease's last-event annotation: the record as written and the event it names
+    (both None when absent or unreadable: a hand-edited annotation must not stop the
+    election)."""
+    raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(LAST_EVENT)
+    try:
+        record = json.loads(raw) if raw else None
+        if isinstance(record, dict):
+            return record, Predecessor.from_record(record)
+    except ValueError:
+        pass
+    return None, None
+
+
 class KubernetesElection:
     """Leader election through a Kubernetes Lease (see the module docstring)."""
 
@@ -205,12 +219,7 @@ class KubernetesElection:
 
     @staticmethod
     def _predecessor(lease: Json, holder: str, number: int) -> Predecessor | None:
-        raw = ((lease.get("metadata") or {}).get("annotations") or {}).get(LAST_EVENT)
-        try:
-            record = json.loads(raw) if raw else None
-            event = Predecessor.from_record(record) if isinstance(record, dict) else None
-        except ValueError:  # a hand-edited annotation must not stop the election
-            record, event = None, None
+        record, event = last_event(lease)
         if not holder:  # released: the release wrote its event in the same update
             return event
         if event and record and record.get("term") == number and event.identity == holder:

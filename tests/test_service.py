@@ -455,7 +455,11 @@ def test_reader_queue_bytes_rise_while_the_pump_is_held_then_drain(
     monkeypatch.setattr(bridge.publisher, "publish_many", held)
     thread.start()
     try:
-        wait_until(lambda: queued() > 0, 60, "compressed bytes to wait in the reader queue")
+        try:  # a bridge that ended early, or never streamed, says why in the failure
+            wait_until(lambda: queued() > 0 or raised or not thread.is_alive(), 120)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; /status: {bridge.state.snapshot()}") from None
+        assert raised == [] and thread.is_alive(), raised
         assert bridge.state.snapshot()["reader_queue_bytes"] > 0
         gate.set()
         topic = bridge.settings.kafka.topic

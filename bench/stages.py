@@ -6,19 +6,23 @@ Uses the simulator's own corpus (the records ``bench/run.py`` serves), gzipped a
 and cut into 64 KiB chunks (one socket read). Each stage is timed over every hit, best of
 ``--repeat``, and reported in µs per hit:
 
-gunzip            bare ``zlib`` over the chunks (the ceiling does this too)
-frame             ``RecordDecoder.feed`` minus bare zlib: splitting into records
+gunzip            bare zlib-ng (``zlib_ng.decompressobj``) over the chunks: the bridge's
+gunzip (zlib)     the same with CPython's ``zlib``: what ``gunzip`` replaced, and what the
+                  ceiling and the naive peer use
+frame             ``RecordDecoder.feed`` minus bare zlib-ng: splitting into records
 parse             ``FieldReader.read`` per record (bridge.fields): the JSON check the
                   dead-letter rule needs and the fields the bridge reads
 parse (orjson)    ``orjson.loads`` per record, then the same fields: what ``parse`` replaced
                   (and still decides every record the fast path is unsure of)
 dedupe            ``HitIdWindow.seen_or_add`` of each hit's id into a fresh default window
+                  (the C window, bridge/_window.c)
+dedupe (Python)   the same with ``PyHitIdWindow``: what ``dedupe`` replaced
 produce           ``Producer.produce`` with the bridge's key and its three headers as a dict
                   (no broker is needed: messages are queued locally, then purged)
 produce (pairs)   the same with the headers as a list of pairs: what ``produce`` replaced
 bare produce      ``Producer.produce`` of the value alone (the ceiling's call)
 
-The bridge's stages are gunzip, frame, parse, dedupe and produce; the two in brackets are
+The bridge's stages are gunzip, frame, parse, dedupe and produce; the four in brackets are
 the forms they replaced, timed in the same process for the before/after comparison.
 
 The rest of ``Publisher.publish_many`` (id and header rules, the open transaction's
@@ -43,9 +47,10 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
+from zlib_ng import zlib_ng  # noqa: E402
 
 from bridge.decode import RecordDecoder  # noqa: E402
-from bridge.dedupe import HitIdWindow  # noqa: E402
+from bridge.dedupe import HitIdWindow, PyHitIdWindow  # noqa: E402
 from bridge.fields import FIELDS, FieldReader  # noqa: E402
 from livestream_sim import Simulator, SimulatorConfig  # noqa: E402
 
@@ -88,10 +93,13 @@ def measure(hits: int, repeat: int) -> dict[str, float]:
     ]
     headers = [dict(p) for p in pairs]
 
-    def bare_zlib() -> None:
-        inflate = zlib.decompressobj(31)
-        for chunk in chunks:
-            inflate.decompress(chunk)
+    def bare(decompressobj: Callable[[int], Any]) -> Callable[[], None]:
+        def gunzip() -> None:
+            inflate = decompressobj(31)
+            for chunk in chunks:
+                inflate.decompress(chunk)
+
+        return gunzip
 
     def feed() -> None:
         decoder = RecordDecoder(1 << 20)
@@ -110,12 +118,12 @@ def measure(hits: int, repeat: int) -> dict[str, float]:
             for name in names:
                 get(name)
 
-    window: list[HitIdWindow] = []
+    window: list[HitIdWindow | PyHitIdWindow] = []
 
-    def fresh_window() -> None:
+    def fresh_window(make: type[HitIdWindow | PyHitIdWindow] = HitIdWindow) -> None:
         for old in window:
             old.close()
-        window[:] = [HitIdWindow()]
+        window[:] = [make()]
 
     def dedupe() -> None:
         seen_or_add = window[0].seen_or_add
@@ -154,11 +162,13 @@ def measure(hits: int, repeat: int) -> dict[str, float]:
     out = best_of_each(
         repeat,
         {
-            "gunzip": (bare_zlib, None),
+            "gunzip": (bare(zlib_ng.decompressobj), None),
+            "gunzip (zlib)": (bare(zlib.decompressobj), None),
             "frame": (feed, None),
             "parse": (parse, None),
             "parse (orjson)": (parse_orjson, None),
             "dedupe": (dedupe, fresh_window),
+            "dedupe (Python)": (dedupe, lambda: fresh_window(PyHitIdWindow)),
             "produce": (produce, empty),
             "produce (pairs)": (produce_pairs, empty),
             "bare produce": (bare_produce, empty),
@@ -182,9 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: round(v, 3) for k, v in us.items()}))
         return 0
     bridge = sum(us[k] for k in ("gunzip", "frame", "parse", "dedupe", "produce"))
-    ceiling = us["gunzip"] + us["frame"] + us["bare produce"]
+    ceiling = us["gunzip (zlib)"] + us["frame"] + us["bare produce"]  # its gunzip is zlib
     for name, value in us.items():
-        print(f"{name:<16} {value:6.2f} µs/hit")
+        print(f"{name:<17} {value:6.2f} µs/hit")
     print(
         f"bridge stages {bridge:.2f} µs/hit, ceiling stages {ceiling:.2f} µs/hit: "
         f"the stages alone allow the bridge {ceiling / bridge:.2f} x the ceiling"

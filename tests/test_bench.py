@@ -62,8 +62,8 @@ def test_bench_stages_reports_every_stage() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     stages = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(stages) == {
-        *("gunzip", "frame", "parse", "parse (orjson)", "dedupe"),
-        *("produce", "produce (pairs)", "bare produce"),
+        *("gunzip", "gunzip (zlib)", "frame", "parse", "parse (orjson)"),
+        *("dedupe", "dedupe (Python)", "produce", "produce (pairs)", "bare produce"),
     }
     assert all(isinstance(v, float) and v >= 0 for v in stages.values()), stages
     assert stages["parse"] > 0 and stages["produce"] > 0, stages

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge._fields import Reader
 from bridge.classify import (
     DLQ_HEAD_BYTES,
     MISSING_HIT_ID,
@@ -312,11 +313,65 @@ def _deep(n: int) -> bytes:
         b"",
         b'"\\ud800"',
         b"18446744073709551616",
+        # The C reader's plain values (bridge/_fields.c) and what it leaves to msgspec.
+        b' { "hitIdHigh" : 12 , "hitIdLow"\t:\r"34" ,"reportSuite": true , "timeGMT" : null } ',
+        b'{"hitIdHigh":-0,"hitIdLow":-9223372036854775808,"timeGMT":-1}',
+        b'{"hitIdHigh":"a\\"b","hitIdLow":"\\u00e9","reportSuite":"\\u00e9t\\u00e9"}',
+        b'{"hitIdHigh":1.0,"hitIdLow":1e2,"timeGMT":0,"receivedTimeGMT":10}',
+        b'{"x":{"hitIdHigh":7,"y":["}",{"z":"]\\"}]},"hitIdHigh":8,"hitIdLow":"\xc3\xa9"}',
+        b'{"hitIdHigh":[1,2],"hitIdLow":{"a":1}}',
+        b'{"x":"\\\\","hitIdHigh":"\\\\"}',
+        b'{"hitIdHigh":"1","hitIdHigh":"2","hitIdHigh":3}',
+        b'{"hitIdHigh":"",  "visIdHigh":"\xe6\x9d\xb1", "x":[], "y":{}}',
     ],
 )
 def test_the_reader_agrees_with_orjson_on_the_edge_cases(record: bytes) -> None:
     """Each case where simdjson or msgspec alone would answer otherwise than orjson."""
     _agrees(record)
+
+
+PLAIN = Reader(FIELDS, Fields)  # the C reader alone, without simdjson in front of it
+
+# Text that JSON writes without an escape (ensure_ascii=False): no quote, backslash,
+# control character or surrogate.
+_unescaped = st.characters(exclude_characters='"\\', exclude_categories=["Cs", "Cc"])
+_plain_value = st.integers(-(2**63), 2**64 - 1) | st.text(_unescaped) | st.booleans() | st.none()
+
+
+@st.composite
+def _plain_hits(draw: st.DrawFn) -> bytes:
+    """Hits as Live Stream writes them: every field the bridge reads plain, any JSON around."""
+    pairs = [
+        json.dumps(name) + ":" + json.dumps(draw(_plain_value), ensure_ascii=False)
+        for name in draw(st.lists(st.sampled_from(FIELDS), max_size=12))
+    ]
+    for _ in range(draw(st.integers(0, 4))):  # other keys, with any value (escapes too)
+        key = draw(st.text(_unescaped, max_size=6).filter(lambda k: k not in FIELDS))
+        value = json.dumps(draw(_JSON), ensure_ascii=draw(st.booleans()))
+        pairs.insert(
+            draw(st.integers(0, len(pairs))), json.dumps(key, ensure_ascii=False) + ":" + value
+        )
+    gap = draw(st.sampled_from(["", " ", "\r\n\t"]))
+    return (gap + "{" + gap + ("," + gap).join(pairs) + "}" + gap).encode()
+
+
+@_MANY
+@given(_plain_hits())
+def test_the_c_reader_answers_for_plain_hits_as_orjson_does(record: bytes) -> None:
+    """A valid record whose fields are plain is read by the C reader alone (no msgspec),
+    with orjson's values and types, the last of repeated keys included."""
+    got = PLAIN.read(record)
+    assert got is not None, record
+    assert _same(got, reference_fields(record)), (record, got)
+
+
+@_MANY
+@given(_mutated() | st.binary(max_size=300) | hostile_line)
+def test_the_c_reader_stays_in_bounds_on_any_bytes(record: bytes) -> None:
+    """Given bytes that are not valid JSON (the bridge never does that: simdjson is asked
+    first), the C reader neither raises nor crashes: it returns None or Fields."""
+    got = PLAIN.read(record)
+    assert got is None or isinstance(got, Fields)
 
 
 @settings(

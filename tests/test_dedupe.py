@@ -1,4 +1,5 @@
-"""HitIdWindow and the hit-id helpers: exactness, coverage and the id text rules."""
+"""HitIdWindow (C) and PyHitIdWindow (its Python definition) and the hit-id helpers:
+exactness, coverage, the two windows' identical answers and the id text rules."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge._window import Window
 from bridge.dedupe import (
     HitIdWindow,
+    PyHitIdWindow,
     hit_id_key,
     hit_id_key_from_text,
     hit_id_text,
 )
 
 U64 = (1 << 64) - 1
+
+AnyWindow = HitIdWindow | PyHitIdWindow
+# Every window test runs against both: the C window is the one the publisher uses.
+both = pytest.mark.parametrize("make", [HitIdWindow, PyHitIdWindow], ids=["c", "python"])
 
 
 class ReferenceWindow:
@@ -38,7 +45,7 @@ class ReferenceWindow:
             self.recent_set.discard(self.recent.popleft())
 
 
-def _check_against_model(window: HitIdWindow, ops: list[tuple[int, int]]) -> None:
+def _check_against_model(window: AnyWindow, ops: list[tuple[int, int]]) -> None:
     model = ReferenceWindow(window.capacity)
     for hit_id in ops:
         seen = window.seen_or_add(*hit_id)
@@ -57,6 +64,7 @@ small_ids = st.tuples(st.integers(0, 3), st.integers(0, 40))
 wide_ids = st.tuples(st.integers(0, U64), st.integers(0, U64))
 
 
+@both
 @settings(max_examples=300, deadline=None)
 @given(
     capacity=st.integers(1, 40),
@@ -65,20 +73,23 @@ wide_ids = st.tuples(st.integers(0, U64), st.integers(0, U64))
     ops=st.lists(st.one_of(small_ids, wide_ids), max_size=400),
 )
 def test_window_matches_reference_model(
-    capacity: int, epochs: int, bucket: int, ops: list[tuple[int, int]]
+    make: type[AnyWindow], capacity: int, epochs: int, bucket: int, ops: list[tuple[int, int]]
 ) -> None:
     """Against a deque+set model: never a false positive, every id in the last capacity found."""
-    _check_against_model(HitIdWindow(capacity, epochs=epochs, bucket=bucket, load=1.0), ops)
+    _check_against_model(make(capacity, epochs=epochs, bucket=bucket, load=1.0), ops)
 
 
+@both
 @settings(max_examples=50, deadline=None)
 @given(capacity=st.integers(1, 300), seed=st.integers(0, 2**32))
-def test_rotation_keeps_the_last_capacity_ids(capacity: int, seed: int) -> None:
+def test_rotation_keeps_the_last_capacity_ids(
+    make: type[AnyWindow], capacity: int, seed: int
+) -> None:
     """Across many epoch rotations every id of the last ``capacity`` inserts stays detected."""
     import random
 
     rng = random.Random(seed)
-    window = HitIdWindow(capacity, epochs=4, bucket=4)
+    window = make(capacity, epochs=4, bucket=4)
     inserted: list[tuple[int, int]] = []
     for _ in range(capacity * 9 + 7):
         hit_id = (rng.getrandbits(64), rng.getrandbits(64))
@@ -90,10 +101,15 @@ def test_rotation_keeps_the_last_capacity_ids(capacity: int, seed: int) -> None:
     assert capacity <= len(window) < (epochs + 1) * -(-capacity // epochs)
 
 
-def test_full_buckets_spill_to_the_stash_without_forgetting() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_full_buckets_spill_to_the_stash_without_forgetting(native: bool) -> None:
     """With two one-slot buckets, ids that do not fit go to the stash and are still exact."""
-    window = HitIdWindow(20, epochs=2, bucket=1, load=1.0)
-    window._nb = 2  # squeeze the table to two slots (the buffers are larger; harmless)
+    window: Window | PyHitIdWindow
+    if native:
+        window = Window(20, 2, 2, 1)  # the C table as its constructor takes it: two slots
+    else:
+        window = PyHitIdWindow(20, epochs=2, bucket=1, load=1.0)
+        window._nb = 2  # squeeze the table to two slots (the buffers are larger; harmless)
     ids = [(7, n) for n in range(20)]
     for hit_id in ids:
         assert not window.seen_or_add(*hit_id)
@@ -102,9 +118,10 @@ def test_full_buckets_spill_to_the_stash_without_forgetting() -> None:
     assert not window.seen_or_add(7, 1000)
 
 
-def test_zero_id_is_remembered_and_distinct() -> None:
+@both
+def test_zero_id_is_remembered_and_distinct(make: type[AnyWindow]) -> None:
     """The all-zero id, which looks like an empty slot, is handled exactly."""
-    window = HitIdWindow(10)
+    window = make(10)
     assert (0, 0) not in window
     assert not window.seen_or_add(0, 0)
     assert window.seen_or_add(0, 0)
@@ -112,9 +129,10 @@ def test_zero_id_is_remembered_and_distinct() -> None:
     assert not window.seen_or_add(1, 0)
 
 
-def test_seed_and_len() -> None:
+@both
+def test_seed_and_len(make: type[AnyWindow]) -> None:
     """seed() remembers ids oldest first and reports how many were new; len counts them."""
-    window = HitIdWindow(100)
+    window = make(100)
     assert window.seed([(1, 2), (3, 4), (1, 2)]) == 2
     assert len(window) == 2
     assert window.seen_or_add(3, 4)
@@ -122,23 +140,62 @@ def test_seed_and_len() -> None:
     assert len(window) == 3
 
 
-def test_default_capacity_is_about_19_bytes_per_id() -> None:
+@both
+def test_default_capacity_is_about_19_bytes_per_id(make: type[AnyWindow]) -> None:
     """The default window's table stays near 19 bytes per id (114 MB for 6M ids)."""
-    window = HitIdWindow()
+    window = make()
     try:
         assert window.nbytes / window.capacity < 19.5
     finally:
         window.close()
 
 
-def test_rejects_bad_parameters() -> None:
+@both
+def test_rejects_bad_parameters(make: type[AnyWindow]) -> None:
     """Nonsense sizes are refused at construction."""
     with pytest.raises(ValueError):
-        HitIdWindow(0)
+        make(0)
     with pytest.raises(ValueError):
-        HitIdWindow(10, bucket=0)
+        make(10, bucket=0)
     with pytest.raises(ValueError):
-        HitIdWindow(10, epochs=0)
+        make(10, epochs=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 60),
+    epochs=st.integers(1, 6),
+    bucket=st.integers(1, 8),
+    ops=st.lists(st.one_of(small_ids, wide_ids), max_size=500),
+)
+def test_c_window_answers_as_the_python_one(
+    capacity: int, epochs: int, bucket: int, ops: list[tuple[int, int]]
+) -> None:
+    """The C window is the Python one's table: the same answer for every id, the same len and
+    stash, through rotations and full buckets."""
+    c = HitIdWindow(capacity, epochs=epochs, bucket=bucket, load=1.0)
+    py = PyHitIdWindow(capacity, epochs=epochs, bucket=bucket, load=1.0)
+    assert (c.slots, c.nbytes, c.capacity) == (py.slots, py.nbytes, py.capacity)
+    for hit_id in ops:
+        assert c.seen_or_add(*hit_id) == py.seen_or_add(*hit_id), hit_id
+        assert len(c) == len(py)
+    assert c.stats() == py.stats()
+    assert all((hit_id in c) == (hit_id in py) for hit_id in ops)
+
+
+def test_c_window_refuses_what_is_not_an_id_and_use_after_close() -> None:
+    """Ids outside 0..2**64-1 raise (the publisher never passes one), lookups of them say
+    no, and a closed window refuses work instead of touching freed memory."""
+    window = HitIdWindow(10)
+    with pytest.raises(OverflowError):
+        window.seen_or_add(-1, 0)
+    with pytest.raises(OverflowError):
+        window.seen_or_add(0, 1 << 64)
+    assert (-1, 0) not in window and ("1", "2") not in window and 5 not in window
+    window.close()
+    with pytest.raises(ValueError):
+        window.seen_or_add(1, 2)
+    assert (1, 2) not in window
 
 
 @pytest.mark.parametrize(

@@ -167,6 +167,10 @@ static PyObject *Reader_read(Reader *self, PyObject *record) {
     int escaped;
     PyObject *found[MAX_FIELDS] = {NULL};
     PyObject *result = NULL;
+    if (self->cls == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the reader was never initialised");
+        return NULL;
+    }
     if (PyBytes_AsStringAndSize(record, &data, &size) < 0) return NULL;
     Cursor c = {(const unsigned char *)data, (const unsigned char *)data + size};
     skip_ws(&c);

@@ -240,6 +240,10 @@ static PyObject *Window_close(Window *self, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *Window_stats(Window *self, PyObject *Py_UNUSED(ignored)) {
+    if (self->stash == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the window was never initialised");
+        return NULL;
+    }
     return Py_BuildValue("{s:n,s:n,s:n,s:n,s:L}", "ids", Window_len(self), "slots",
                          self->nb * self->w, "bytes", self->nb * self->w * 17 + self->nb,
                          "stash", PyDict_GET_SIZE(self->stash), "stashed_total",

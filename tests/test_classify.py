@@ -374,6 +374,12 @@ def test_the_c_reader_stays_in_bounds_on_any_bytes(record: bytes) -> None:
     assert got is None or isinstance(got, Fields)
 
 
+def test_an_uninitialised_c_reader_refuses_work() -> None:
+    """A Reader made without its fields and class raises instead of calling nothing."""
+    with pytest.raises(ValueError):
+        Reader.__new__(Reader).read(b"{}")
+
+
 @settings(
     max_examples=500,
     deadline=None,

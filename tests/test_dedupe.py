@@ -196,6 +196,12 @@ def test_c_window_refuses_what_is_not_an_id_and_use_after_close() -> None:
     with pytest.raises(ValueError):
         window.seen_or_add(1, 2)
     assert (1, 2) not in window
+    bare = Window.__new__(Window)  # never initialised: refuses work, does not crash
+    with pytest.raises(ValueError):
+        bare.seen_or_add(1, 2)
+    with pytest.raises(ValueError):
+        bare.stats()
+    assert (1, 2) not in bare and len(bare) == 0
 
 
 @pytest.mark.parametrize(

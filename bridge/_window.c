@@ -142,9 +142,10 @@ static int seen_or_add(Window *self, unsigned long long high, unsigned long long
             b1 = b2;
             s1 = s2;
         }
-        if (self->free_[b1]) {
+        /* free_ counts the bucket's free slots, so the memchr finds one; checked anyway. */
+        unsigned char *j = self->free_[b1] ? memchr(self->tags + s1, 0, (size_t)self->w) : NULL;
+        if (j != NULL) {
             self->free_[b1]--;
-            unsigned char *j = memchr(self->tags + s1, 0, (size_t)self->w);
             Py_ssize_t at = j - self->tags;
             *j = (unsigned char)self->tag;
             self->fp[at] = (unsigned char)(k >> 120);

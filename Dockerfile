@@ -7,9 +7,9 @@
 #
 # Two stages: "builder" creates a virtualenv and installs everything into it; the final
 # stage copies only that virtualenv onto a clean slim base. Every dependency ships as a
-# binary wheel for linux/amd64 and linux/arm64; only the bridge's own two C modules
-# (bridge/_window.c, bridge/_fields.c) are compiled, by gcc in the builder, so no compiler
-# can leak into the final image. Every Python package is the one uv.lock names, checked
+# binary wheel for linux/amd64 and linux/arm64; only the bridge's own three C modules
+# (bridge/_window.c, _fields.c, _frame.c) are compiled, by gcc in the builder, so no
+# compiler can leak into the final image. Every Python package is the one uv.lock names, checked
 # against its SHA-256; scripts/sbom lists them (CycloneDX).
 #
 # Renovate (renovate.json) proposes base image updates and pins its digest.
@@ -25,7 +25,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 
-# gcc for bridge/_window.c and bridge/_fields.c; the headers come with the base image's Python.
+# gcc for the bridge's C modules (bridge/_*.c); the headers come with the base image's Python.
 # hadolint ignore=DL3008 # the compiler of the pinned base image's Debian release, builder only
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge._frame import split
 from bridge.decode import OversizedRecord, RecordDecoder
 from bridge.errors import UpstreamLost
 
@@ -113,6 +114,32 @@ def test_oversized_records_keep_framing(
         else:
             assert not isinstance(have, OversizedRecord)
             assert have == want
+
+
+@settings(max_examples=300)
+@given(piece=st.binary(max_size=200), start=st.integers(0, 200), limit=st.integers(1, 50))
+def test_the_c_framing_matches_a_split_on_lf(piece: bytes, start: int, limit: int) -> None:
+    """bridge._frame.split is the Python framing: lines after ``start`` split on LF, one CR
+    before each LF dropped, empty lines left out, long ones cut, the rest the tail."""
+    start = min(start, len(piece))
+    *lines, tail = piece[start:].split(b"\n")
+    want = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    records, rest = split(piece, start, limit, OversizedRecord)
+    assert rest == tail
+    assert [bytes(r) for r in records] == [w[:limit] for w in want if w]
+    assert [getattr(r, "size", len(r)) for r in records] == [len(w) for w in want if w]
+    assert all(
+        isinstance(r, OversizedRecord) == (len(w) > limit)
+        for r, w in zip(records, [w for w in want if w], strict=True)
+    )
+
+
+def test_the_c_framing_refuses_a_start_outside_the_piece() -> None:
+    """A start beyond the piece, or a limit below one, is a caller's bug: ValueError."""
+    with pytest.raises(ValueError):
+        split(b"ab\n", 4, 10, OversizedRecord)
+    with pytest.raises(ValueError):
+        split(b"ab\n", 0, 0, OversizedRecord)
 
 
 def test_record_of_exactly_the_limit_is_not_oversized() -> None:

@@ -7,8 +7,8 @@
 #
 # Two stages: "builder" creates a virtualenv and installs everything into it; the final
 # stage copies only that virtualenv onto a clean slim base. Every dependency ships as a
-# binary wheel for linux/amd64 and linux/arm64; only the bridge's own three C modules
-# (bridge/_window.c, _fields.c, _frame.c) are compiled, by gcc in the builder, so no
+# binary wheel for linux/amd64 and linux/arm64; only the bridge's own four C modules
+# (bridge/_window.c, _fields.c, _frame.c, _lane.c) are compiled, by gcc in the builder, so no
 # compiler can leak into the final image. Every Python package is the one uv.lock names, checked
 # against its SHA-256; scripts/sbom lists them (CycloneDX).
 #

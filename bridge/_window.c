@@ -12,6 +12,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "_window.h"
+
 typedef unsigned __int128 u128;
 
 #define MAX_EPOCHS 250
@@ -161,6 +163,10 @@ static int seen_or_add(Window *self, unsigned long long high, unsigned long long
     }
     if (++self->in_epoch >= self->epoch_size && rotate(self) < 0) return -1;
     return 0;
+}
+
+static int api_seen_or_add(PyObject *window, unsigned long long high, unsigned long long low) {
+    return seen_or_add((Window *)window, high, low);
 }
 
 static int u64_pair(PyObject *const *args, unsigned long long *high, unsigned long long *low) {
@@ -356,9 +362,11 @@ PyMODINIT_FUNC PyInit__window(void) {
     if (PyType_Ready(&WindowType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    Py_INCREF(&WindowType);
-    if (PyModule_AddObject(m, "Window", (PyObject *)&WindowType) < 0) {
-        Py_DECREF(&WindowType);
+    static WindowAPI api = {&WindowType, api_seen_or_add};
+    PyObject *capsule = PyCapsule_New(&api, WINDOW_API, NULL);
+    if (PyModule_AddObjectRef(m, "Window", (PyObject *)&WindowType) < 0 || capsule == NULL ||
+        PyModule_AddObject(m, "_API", capsule) < 0) {
+        Py_XDECREF(capsule);
         Py_DECREF(m);
         return NULL;
     }

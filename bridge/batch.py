@@ -1,8 +1,8 @@
 """The open transaction of a writer: its messages, kept until it commits, and their counts.
 
 Only :class:`bridge.transactions.TransactionalWriter` holds a :class:`Batch`: its ``add``
-fills it (inlined there: it runs once per hit), its commit counts it into the metrics, an
-abort replays or abandons it.
+fills it one message at a time, the publisher's native lane many at a time (``take``), its
+commit counts it into the metrics, an abort replays or abandons it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import enum
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
+from bridge._lane import Lane
 from bridge.classify import Headers
 from bridge.observability import Metrics
 
@@ -70,6 +71,38 @@ class Batch:
     def topics(self, first: str) -> list[str]:
         """The topics of the kept messages, ``first`` (if among them) first."""
         return sorted({m[0] for m in self.kept}, key=lambda t: t != first)
+
+    def take(  # noqa: PLR0917 - the lane's inputs, passed through
+        self,
+        lane: Lane,
+        records: Sequence[bytes],
+        start: int,
+        produce: Callable[..., object],
+        report: Callable[[float | None], object],
+        received_ms: str,
+        received_at: float,
+    ) -> tuple[int, int, tuple[int, int]]:
+        """Have ``lane`` (bridge/_lane.c) produce ``records[start:]`` and keep them here, as
+        the writer's ``add`` would one by one, until one is not of its form or this batch is
+        full. Returns the lane's stop: the next index, why it stopped and, for UNTAKEN, the
+        id of the hit it did not take."""
+        kept = self.kept
+        i, stop, nbytes, high, low = lane.run(
+            records,
+            start,
+            produce,
+            kept,
+            self.headers,
+            self.stamps,
+            self.max_records - len(kept),
+            TXN_MAX_BYTES - self.bytes,
+            received_ms,
+            received_at,
+            report,
+        )
+        self.bytes += nbytes
+        self.hits += i - start  # every record before the stop was taken, and only those
+        return i, stop, (high, low)
 
     def clear(self) -> None:
         self.kept.clear()

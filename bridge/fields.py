@@ -29,6 +29,7 @@ msgspec reads the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -80,6 +81,12 @@ class FieldReader:
         self._parse = simdjson.Parser().parse
         self._plain = Reader(FIELDS, Fields).read
         self._decode = msgspec.json.Decoder(Fields).decode
+
+    @property
+    def validator(self) -> tuple[Callable[[bytes], object], type]:
+        """This reader's simdjson parse and the type it gives for a JSON object, for the
+        publisher's native lane (bridge/_lane.c), which validates as :meth:`read` does."""
+        return self._parse, simdjson.Object
 
     def read(self, record: bytes) -> Fields | str:
         """The record's fields, or ``NOT_JSON`` / ``NOT_OBJECT``: exactly orjson's answer."""

@@ -14,6 +14,9 @@ The codes come in sets, and one set overlaps another on purpose:
   :func:`credentials_problem` says which, naming the ACL to grant (never a secret).
 * ``TOO_LARGE_CODES``: a message above a size limit (dead-lettered, not retried).
 * ``TRANSIENT_CODES``: a topic or a leader still settling; they clear up by themselves.
+
+``PRODUCE_ERRORS`` are what ``Producer.produce`` raises: a full queue or a Kafka error; the
+writer waits out or acts on either, never losing the message.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from bridge.config import KafkaSettings
 from bridge.errors import KafkaSetupError
@@ -34,6 +37,7 @@ __all__ = [
     "GENERATION_MOVED",
     "MEMBER_GONE",
     "PRODUCER_FENCED",
+    "PRODUCE_ERRORS",
     "SSL_CODES",
     "TOO_LARGE_CODES",
     "TRANSIENT_CODES",
@@ -43,6 +47,8 @@ __all__ = [
     "raise_if_reader_denied",
     "transient",
 ]
+
+PRODUCE_ERRORS = (BufferError, KafkaException)
 
 PRODUCER_FENCED = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}

@@ -17,7 +17,10 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from bridge.batch import FULL, REFUSED, TAKEN, Added
+from bridge._lane import FULL as LANE_FULL
+from bridge._lane import UNTAKEN as LANE_UNTAKEN
+from bridge._lane import Lane
+from bridge.batch import FULL, REFUSED, Added
 from bridge.classify import (
     MISSING_HIT_ID,
     OVERSIZED,
@@ -31,8 +34,9 @@ from bridge.decode import OversizedRecord
 from bridge.dedupe import HitIdWindow, hit_id_key, hit_id_text
 from bridge.election.base import Fencing
 from bridge.errors import PublishError
-from bridge.fields import FieldReader
+from bridge.fields import FieldReader, Fields
 from bridge.kafkaclients import ProducerFactory
+from bridge.kafkaerrors import PRODUCE_ERRORS
 from bridge.logs import EventLog
 from bridge.observability import Metrics
 from bridge.seed import read_hit_ids
@@ -49,6 +53,38 @@ SEED_TIMEOUT_S = 300.0
 SAMPLE_EVERY = 16  # publish latency is observed on every 16th record
 
 _U64 = (1 << 64) - 1
+
+
+def _hit_id(high: Any, low: Any) -> tuple[int, int, str] | None:
+    """A record's hit id as (high, low, its hit-id header), or None when it has none."""
+    type_h, type_l = type(high), type(low)
+    if (
+        type_h is str
+        and type_l is str
+        and len(high) < 20  # up to 19 digits is always below 2**64
+        and len(low) < 20
+        and high.isdigit()
+        and low.isdigit()
+        and high.isascii()
+        and low.isascii()
+        and high[0] != "0"  # "0123" is not 123 (and "0" takes the general path)
+        and low[0] != "0"
+    ):
+        return int(high), int(low), f"{high}:{low}"
+    if type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
+        return high, low, f"{high}:{low}"
+    ids = hit_id_key(high, low)
+    return None if ids is None else (*ids, hit_id_text(high, low) or "")
+
+
+def _visitor_key(doc: Fields) -> str | None:
+    """bridge.classify.visitor_key, with the form Live Stream sends first."""
+    vh, vl = doc.visIdHigh, doc.visIdLow
+    if ((type(vh) is str and vh) or type(vh) is int) and (
+        (type(vl) is str and vl) or type(vl) is int
+    ):
+        return f"{vh}:{vl}"
+    return visitor_key(doc)
 
 
 class Publisher:
@@ -73,6 +109,7 @@ class Publisher:
         self._visitor_key = publish.key == "visitor"
         self._probe = Probe(kafka)
         self._window: HitIdWindow | None = None
+        self._lane: Lane | None = None  # for one term, like the window it checks
         self._seeded_to: dict[int, int] | None = None  # per partition, where the seed ended
         self._seq = 0
         self._fields = FieldReader()
@@ -102,10 +139,22 @@ class Publisher:
         self._retry_id = None
         self._writer.start(fencing, topic_message_limit(self._kafka, self._topic))
         self._seed()
+        parse, object_type = self._fields.validator
+        self._lane = Lane(
+            parse,
+            object_type,
+            self._window,
+            self._topic,
+            self._visitor_key,
+            self._suite,
+            SAMPLE_EVERY,
+            PRODUCE_ERRORS,
+        )
         self._writer.open()
 
     def _drop_window(self) -> None:
         # The window is only right for one term (begin() seeds a new one): free ~114 MB now.
+        self._lane = None
         if self._window is not None:
             self._window.close()
             self._window = None
@@ -159,123 +208,94 @@ class Publisher:
         """Take one record: published, dead-lettered or (a replay) dropped. See module doc."""
         self.publish_many((record,), received_at)
 
-    def publish_many(  # noqa: PLR0912, PLR0915 - inlined on purpose: the loop runs once per hit
-        self, records: Sequence[bytes], received_at: float, start: int = 0
-    ) -> None:
+    def publish_many(self, records: Sequence[bytes], received_at: float, start: int = 0) -> None:
         """Take ``records[start:]`` in order, as :meth:`publish` would one by one.
 
         On ``PublishError`` the records before its ``resume_at`` were taken and the one at
         ``resume_at`` was not: call again with ``start=exc.resume_at``.
         """
-        # The hot path: one read of the fields (bridge.fields: it is also the validation),
-        # the rules of bridge.classify inlined for the forms Live Stream sends (its helpers
-        # handle the rest identically), one call of the writer with the headers as a dict
-        # (confluent-kafka converts a dict faster than a list of pairs).
-        window, topic, writer = self._window, self._topic, self._writer
-        add, oversized_type, read = writer.add, OversizedRecord, self._fields.read
-        visitor_keyed, default_suite = self._visitor_key, self._suite
+        # The native lane (bridge/_lane.c, through the writer's take) takes the form nearly
+        # every hit has; it stops at any other, which _publish_one (the definition) takes.
         last, received_ms = self._ms_for
         if received_at != last:
             received_ms = received_at_header(received_at)[1]
             self._ms_for = (received_at, received_ms)
-        resume_at = start
+        lane, writer, n = self._lane, self._writer, len(records)
+        i = resume_at = start
         try:
-            for i in range(start, len(records)):
-                resume_at = i
-                record = records[i]
-                if writer.state is not OPEN:
-                    writer.settle()
-                if type(record) is oversized_type:
-                    self._dead_letter(record, OVERSIZED, received_ms, record.size)
-                    continue
-                doc = read(record)
-                if isinstance(doc, str):  # not JSON, not an object
-                    self._dead_letter(record, doc, received_ms)
-                    continue
-                high: Any = doc.hitIdHigh
-                low: Any = doc.hitIdLow
-                type_h, type_l = type(high), type(low)
-                if (
-                    type_h is str
-                    and type_l is str
-                    and len(high) < 20  # up to 19 digits is always below 2**64
-                    and len(low) < 20
-                    and high.isdigit()
-                    and low.isdigit()
-                    and high.isascii()
-                    and low.isascii()
-                    and high[0] != "0"  # "0123" is not 123 (and "0" takes the general path)
-                    and low[0] != "0"
-                ):
-                    n_high, n_low = int(high), int(low)
-                    text: str | None = f"{high}:{low}"
-                elif type_h is int and type_l is int and 0 <= high <= _U64 and 0 <= low <= _U64:
-                    n_high, n_low = high, low
-                    text = f"{high}:{low}"
-                else:
-                    text = None
-                    ids = hit_id_key(high, low)
-                    if ids is None:
-                        if self._cfg.require_hit_id:
-                            self._dead_letter(record, MISSING_HIT_ID, received_ms)
-                            continue
-                        n_high = n_low = -1
-                    else:
-                        n_high, n_low = ids
-                if n_high >= 0:
-                    if window is not None and window.seen_or_add(n_high, n_low):
-                        if self._retry_id != (n_high, n_low):
-                            self._n["records_deduplicated"] += 1
-                            self._metrics.records_deduplicated.inc()
-                            continue
-                        self._retry_id = None  # offered again after an outage: not a replay
-                    text = text or hit_id_text(high, low) or ""
-                key = None
-                if visitor_keyed:
-                    vh, vl = doc.visIdHigh, doc.visIdLow
-                    if ((type(vh) is str and vh) or type(vh) is int) and (
-                        (type(vl) is str and vl) or type(vl) is int
-                    ):
-                        key = f"{vh}:{vl}"
-                    else:
-                        key = visitor_key(doc)
-                suite = doc.reportSuite or default_suite
-                # One dict per message, in the order consumers see: hit-id, report-suite,
-                # received-at (the first two only when there is one).
-                headers: Headers
-                if suite and text is not None:
-                    if type(suite) is not str:
-                        suite = str(suite)
-                    headers = {"hit-id": text, "report-suite": suite, "received-at": received_ms}
-                else:
-                    headers = {} if text is None else {"hit-id": text}
-                    if suite:
-                        headers["report-suite"] = suite if type(suite) is str else str(suite)
-                    headers["received-at"] = received_ms
-                seq = self._seq = self._seq + 1
-                try:
-                    added = add(
-                        topic,
-                        record,
-                        key,
-                        headers,
-                        None,
-                        doc.receivedTimeGMT or doc.timeGMT,
-                        None if seq % SAMPLE_EVERY else received_at,
-                    )
-                except PublishError:
-                    # Its id is in the window now: see _retry_id.
-                    self._retry_id = (n_high, n_low) if n_high >= 0 else None
-                    raise
-                if added is not TAKEN:
-                    if added is REFUSED:  # too large for the topic: a dead letter instead
-                        added = self._dead_letter(record, OVERSIZED, received_ms, len(record))
-                    if added is FULL:
-                        resume_at = i + 1  # taken: if the commit fails, it must not come again
+            while i < n:
+                if lane is not None:
+                    i, stop, untaken = writer.take(lane, records, i, received_ms, received_at)
+                    if stop == LANE_FULL:
+                        resume_at = i  # taken: if the commit fails, they must not come again
                         writer.commit()
+                        continue
+                    if i >= n:
+                        break
+                    if stop == LANE_UNTAKEN:
+                        self._retry_id = untaken  # in the window, not taken: see _retry_id
+                resume_at = i
+                if self._publish_one(records[i], received_ms, received_at) is FULL:
+                    resume_at = i + 1
+                    writer.commit()
+                i += 1
         except PublishError as exc:
             exc.resume_at = resume_at
             raise
+
+    def _publish_one(self, record: bytes, received_ms: str, received_at: float) -> Added | None:
+        """One record published, dead-lettered or dropped (None: a replay); the writer's
+        answer. The rules of bridge.classify, inlined for the forms Live Stream sends (its
+        helpers handle the rest identically); the headers go as a dict (confluent-kafka
+        converts a dict faster than a list of pairs)."""
+        writer = self._writer
+        if writer.state is not OPEN:
+            writer.settle()
+        if type(record) is OversizedRecord:
+            return self._dead_letter(record, OVERSIZED, received_ms, record.size)
+        doc = self._fields.read(record)
+        if isinstance(doc, str):  # not JSON, not an object
+            return self._dead_letter(record, doc, received_ms)
+        ids = _hit_id(doc.hitIdHigh, doc.hitIdLow)
+        if ids is None:
+            if self._cfg.require_hit_id:
+                return self._dead_letter(record, MISSING_HIT_ID, received_ms)
+            n_high, n_low, text = -1, -1, None
+        else:
+            n_high, n_low, text = ids
+            window = self._window
+            if window is not None and window.seen_or_add(n_high, n_low):
+                if self._retry_id != (n_high, n_low):
+                    self._n["records_deduplicated"] += 1
+                    self._metrics.records_deduplicated.inc()
+                    return None
+                self._retry_id = None  # offered again after an outage: not a replay
+        key = _visitor_key(doc) if self._visitor_key else None
+        suite = doc.reportSuite or self._suite
+        # One dict per message, in the order consumers see: hit-id, report-suite,
+        # received-at (the first two only when there is one).
+        headers: Headers = {} if text is None else {"hit-id": text}
+        if suite:
+            headers["report-suite"] = suite if type(suite) is str else str(suite)
+        headers["received-at"] = received_ms
+        seq = self._seq = self._seq + 1
+        try:
+            added = writer.add(
+                self._topic,
+                record,
+                key,
+                headers,
+                None,
+                doc.receivedTimeGMT or doc.timeGMT,
+                None if seq % SAMPLE_EVERY else received_at,
+            )
+        except PublishError:
+            # Its id is in the window now: see _retry_id.
+            self._retry_id = (n_high, n_low) if n_high >= 0 else None
+            raise
+        if added is REFUSED:  # too large for the topic: a dead letter instead
+            return self._dead_letter(record, OVERSIZED, received_ms, len(record))
+        return added
 
     def _dead_letter(
         self, record: bytes, reason: str, received_ms: str, size: int | None = None

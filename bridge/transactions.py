@@ -1,27 +1,27 @@
 """The transactional writer: messages into Kafka transactions, never losing what it took.
 
 :class:`TransactionalWriter` knows Kafka transactions and nothing of Live Stream. The
-publisher holds one and hands it each message through ``add``, the one entry. The writer
+publisher hands it each message through ``add``, or most hits at once (``take``). The writer
 alone owns the kept messages (every message of the open transaction, kept until it
 commits, so an aborted transaction is replayed, never lost), what they count and the
 transaction's state machine. Errors are acted on as :func:`bridge.kafkaerrors.classify_error`
 says they mean (confluent-kafka's transactional pattern); after a fatal error in a commit,
 :mod:`bridge.outcome` finds out whether it committed before anything is replayed.
 
-Outages: ``maybe_commit`` never blocks longer than one short step, so the caller keeps
-running and watches ``unreachable_for()``; producing and ``commit`` wait (back-pressure)
-and give up with ``PublishError`` after ``publish.kafka_outage_s`` without taking the
-message (nothing already taken is dropped: the next call resumes).
+Outages: ``maybe_commit`` blocks one short step at most, so the caller keeps running and
+watches ``unreachable_for()``; ``add`` and ``commit`` wait (back-pressure), then give up with
+``PublishError`` after ``publish.kafka_outage_s``, not taking the message (taken ones stay).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from bridge._lane import GENERAL, Lane
 from bridge.batch import FULL, REFUSED, TAKEN, TXN_MAX_BYTES, Added, Batch
 from bridge.classify import Headers
 from bridge.config import KafkaSettings, PublishSettings
@@ -139,7 +139,18 @@ class TransactionalWriter:
 
     # -- adding -----------------------------------------------------------------------
 
-    def add(  # noqa: PLR0917 - positional: the publisher's hot loop calls it once per hit
+    def take(
+        self, lane: Lane, records: Sequence[bytes], start: int, received_ms: str, at: float
+    ) -> tuple[int, int, tuple[int, int]]:
+        """:meth:`Batch.take` while the transaction is open and has its first message (which
+        asks for a delivery report to mark the transaction: it comes through :meth:`add`)."""
+        if self.state is not OPEN or not self._batch:
+            return start, GENERAL, (0, 0)
+        return self._batch.take(
+            lane, records, start, self._produce, self._outcome.report, received_ms, at
+        )
+
+    def add(  # noqa: PLR0917 - the message's parts, as the publisher has them
         self,
         topic: str,
         value: bytes,
@@ -158,17 +169,9 @@ class TransactionalWriter:
         the delivery report observes. A hit too large for the topic is ``REFUSED``.
         """
         batch = self._batch
-        kept = batch.kept
-        if kept and reason is None and sampled_at is None:
-            # The path of nearly every hit (the publisher's hot loop): not the first of its
-            # transaction, so no delivery report is asked for, and room in the producer.
-            try:
-                self._produce(topic, value, key, headers=headers)
-            except (BufferError, KafkaException):
-                if not self._send(topic, value, key, headers, None, None):
-                    return REFUSED
-        elif not self._send(topic, value, key, headers, reason, sampled_at):
+        if not self._send(topic, value, key, headers, reason, sampled_at):
             return REFUSED
+        kept = batch.kept
         if not kept:
             batch.started = self._clock()
         kept.append((topic, value, key, reason))

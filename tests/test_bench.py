@@ -64,6 +64,7 @@ def test_bench_stages_reports_every_stage() -> None:
     assert set(stages) == {
         *("gunzip", "gunzip (zlib)", "frame", "parse", "parse (orjson)"),
         *("dedupe", "dedupe (Python)", "produce", "produce (pairs)", "bare produce"),
+        "lane",
     }
     assert all(isinstance(v, float) and v >= 0 for v in stages.values()), stages
-    assert stages["parse"] > 0 and stages["produce"] > 0, stages
+    assert stages["parse"] > 0 and stages["produce"] > 0 and stages["lane"] > 0, stages

@@ -1,6 +1,7 @@
-"""The record rules of bridge.classify, and the Publisher's inlined fast path agreeing with
-them on every generated record (hit or dead letter, key, hit-id, report-suite, received-at);
-bridge.fields' native-speed reader giving orjson's answer, value and type, on any bytes."""
+"""The record rules of bridge.classify, and the Publisher (its general path and its native
+lane) agreeing with them on every generated record (hit or dead letter, key, hit-id,
+report-suite, received-at); bridge.fields' native-speed reader giving orjson's answer,
+value and type, on any bytes."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from bridge.classify import (
 )
 from bridge.decode import OversizedRecord
 from bridge.fields import FIELDS, FieldReader, Fields, reference_fields
+from bridge.publish import Publisher
 from tests.publishing import NOW, FakeProducer, fake_publisher, sent
 from tests.publishing import fake_fixture as _fake_fixture  # noqa: F401 - the `fake` fixture
 from tests.test_hostile import field_value, hit_line, hostile_line
@@ -81,6 +83,21 @@ def fake_publishers(fake: type[FakeProducer]) -> Iterator[type[FakeProducer]]:
     yield fake
 
 
+# A hit that opens the transaction, so that the record after it meets the native lane.
+_PRIMER = b'{"hitIdHigh":"1","hitIdLow":"1","visIdHigh":"2","visIdLow":"3"}'
+
+
+def _publish(
+    pub: Publisher, record: bytes, lane: bool, fake: type[FakeProducer]
+) -> tuple[str, bytes, Any, dict[str, Any]]:
+    """The one message ``record`` becomes, as the first of its transaction (the general
+    path) or, ``lane``, after a hit (the native lane takes it when of its form)."""
+    pub.begin(None)
+    pub.publish_many([_PRIMER, record] if lane else [record], NOW)
+    *_, last = sent(fake.instances[0])
+    return last
+
+
 @settings(
     max_examples=400,
     deadline=None,
@@ -92,16 +109,19 @@ def fake_publishers(fake: type[FakeProducer]) -> Iterator[type[FakeProducer]]:
     require_hit_id=st.booleans(),
     key=st.sampled_from(["visitor", "none"]),
     default_suite=st.one_of(st.none(), st.just(""), st.just("configured.rs")),
+    lane=st.booleans(),
 )
-def test_the_fast_path_agrees_with_classify(
+def test_the_fast_path_agrees_with_classify(  # noqa: PLR0917 - hypothesis passes each by name
     fake_publishers: type[FakeProducer],
     record: bytes,
     require_hit_id: bool,
     key: str,
     default_suite: str | None,
+    lane: bool,
 ) -> None:
     """Whatever the record, the Publisher sends what classify says: the same dead-letter
-    reason, or a hit with the same key, hit-id, report-suite and received-at headers."""
+    reason, or a hit with the same key, hit-id, report-suite and received-at headers;
+    whether it opens a transaction (the general path) or follows a hit (the native lane)."""
     fake_publishers.instances = []
     pub, _ = fake_publisher(
         report_suite=default_suite,
@@ -110,9 +130,7 @@ def test_the_fast_path_agrees_with_classify(
         dedupe_window=0,  # every record reaches Kafka: nothing is a replay
         dedupe_seed=False,
     )
-    pub.begin(None)
-    pub.publish(record, NOW)
-    ((topic, value, got_key, headers),) = sent(fake_publishers.instances[0])
+    topic, value, got_key, headers = _publish(pub, record, lane, fake_publishers)
     verdict = classify(
         record,
         require_hit_id=require_hit_id,
@@ -390,17 +408,15 @@ def test_an_uninitialised_c_reader_refuses_work() -> None:
         HealthCheck.data_too_large,
     ],
 )
-@given(hostile_line | _objects() | _mutated())
+@given(record=hostile_line | _objects() | _mutated(), lane=st.booleans())
 def test_the_publisher_agrees_with_classify_on_hostile_records(
-    fake_publishers: type[FakeProducer], record: bytes
+    fake_publishers: type[FakeProducer], record: bytes, lane: bool
 ) -> None:
-    """Through the publisher's reader, a hostile record is the hit or dead letter classify
-    makes of it with orjson: same topic, key, hit-id and report-suite."""
+    """Through the publisher's reader, or its native lane, a hostile record is the hit or
+    dead letter classify makes of it with orjson: same topic, key, hit-id and report-suite."""
     fake_publishers.instances = []
     pub, _ = fake_publisher(report_suite="cfg.rs", dedupe_window=0, dedupe_seed=False)
-    pub.begin(None)
-    pub.publish(record, NOW)
-    ((topic, value, key, headers),) = sent(fake_publishers.instances[0])
+    topic, value, key, headers = _publish(pub, record, lane, fake_publishers)
     verdict = classify(record, default_suite="cfg.rs")
     if isinstance(verdict, str):
         assert (topic, key, headers["reason"]) == ("dlq", None, verdict)

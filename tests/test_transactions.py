@@ -140,11 +140,18 @@ def test_fencing_errors_raise_fenced_error(fake: type[FakeProducer], code: int) 
     assert metrics.records_published._value.get() == 0
 
 
+@pytest.mark.parametrize(
+    ("record", "tries"),
+    [
+        (b'{"hitIdHigh":1,"hitIdLow":2}', 1),  # no visitor id: the general path alone
+        (b'{"hitIdHigh":1,"hitIdLow":2,"visIdHigh":3,"visIdLow":4}', 2),  # the lane first
+    ],
+)
 def test_a_bare_fatal_from_produce_surfaces_the_fence_behind_it(
-    fake: type[FakeProducer],
+    fake: type[FakeProducer], record: bytes, tries: int
 ) -> None:
     """Once fenced, produce() raises only _FATAL; the writer asks poll() for the cause and
-    raises FencedError (stepping down), not a plain PublishError."""
+    raises FencedError (stepping down), not a plain PublishError, whichever path tried."""
 
     class FencedProducer(FakeProducer):
         def poll(self, timeout: float = 0) -> int:
@@ -156,10 +163,10 @@ def test_a_bare_fatal_from_produce_surfaces_the_fence_behind_it(
     pub = Publisher(kafka, PublishSettings(), Metrics(), producer_factory=FencedProducer)
     pub.begin(None)
     pub.publish(b'{"hitIdHigh":1,"hitIdLow":1}', NOW)
-    # librdkafka answers every produce() so; the hot path tries once, the general path again.
-    fake.script["produce"] = [KafkaError(KafkaError._FATAL, "Unable to produce message")] * 2
+    # librdkafka answers every produce() so (the fake until each path has tried once).
+    fake.script["produce"] = [KafkaError(KafkaError._FATAL, "Unable to produce message")] * tries
     with pytest.raises(FencedError, match="_FENCED"):
-        pub.publish(b'{"hitIdHigh":1,"hitIdLow":2}', NOW)
+        pub.publish(record, NOW)
 
 
 def test_fencing_offsets_go_with_every_commit(fake: type[FakeProducer]) -> None:

@@ -170,7 +170,7 @@ def measure(hits: int, repeat: int) -> dict[str, float]:  # noqa: PLR0915 - a cl
         parse, object_type = FieldReader().validator
         seen = window[0]
         assert isinstance(seen, HitIdWindow)  # the C window: the lane probes it directly
-        run = Lane(parse, object_type, seen, "hits", True, "rs", 16, PRODUCE_ERRORS).run
+        run = Lane(parse, object_type, seen, "hits", True, "rs", PRODUCE_ERRORS).run
         kept: list[Any] = []
         hdrs: list[Any] = []
         stamps: list[object] = []

@@ -17,7 +17,8 @@
  * Its message is the general path's, object for object: value the record itself, key
  * "visIdHigh:visIdLow" or "mcVisIdHigh:mcVisIdLow" (or None), headers {"hit-id", ["report-suite",] "received-at"} in
  * that order, and its stamp (receivedTimeGMT, else timeGMT) kept for the freshness
- * metrics; every sample_every-th one asks for a delivery report (publish latency). It is
+ * metrics; the first one taken of each read (each received_at) asks for a delivery report,
+ * which observes the publish latency (every hit's would cost a tenth of the lane). It is
  * produced with produce(topic, value, key, headers=...) and appended to the open
  * transaction's kept, headers and stamps lists.
  *
@@ -56,7 +57,8 @@ typedef struct {
     PyObject *suite;       /* the default report suite (non-empty str), or NULL */
     PyObject *retriable;   /* what produce may raise and the general path retries */
     int visitor_keyed;
-    unsigned long long sample_every, seq;
+    int sampled;       /* a hit of the read at sampled_at asked for a delivery report */
+    double sampled_at;
     /* interned header names, and produce's keyword names with and without on_delivery */
     PyObject *hit_id, *report_suite, *received_at, *kw, *kw_report;
     const WindowAPI *api;
@@ -152,6 +154,7 @@ typedef struct {
     PyObject *produce, *kept, *headers, *stamps, *received_ms, *received_at, *report;
     Py_ssize_t room_records, room_bytes, taken, nbytes;
     uint64_t high, low;
+    double at; /* received_at's value */
 } Run;
 
 /* One record: TAKEN, GENERAL, FULL (taken, and the transaction is full), UNTAKEN,
@@ -213,8 +216,7 @@ static int take(Lane *self, Run *r, PyObject *record) {
             goto done;
         }
     }
-    unsigned long long seq = self->seq + 1;
-    if (seq % self->sample_every == 0 &&
+    if ((!self->sampled || self->sampled_at != r->at) &&
         (cb = PyObject_CallOneArg(r->report, r->received_at)) == NULL)
         goto done;
     PyObject *args[5] = {self->topic, record, key ? key : Py_None, headers, cb};
@@ -229,7 +231,10 @@ static int take(Lane *self, Run *r, PyObject *record) {
         goto done;
     }
     Py_DECREF(res);
-    self->seq = seq;
+    if (cb != NULL) {
+        self->sampled = 1;
+        self->sampled_at = r->at;
+    }
     if (PyList_Append(r->kept, kept) < 0 || PyList_Append(r->headers, headers) < 0 ||
         PyList_Append(r->stamps, stamp) < 0)
         goto done;
@@ -258,12 +263,14 @@ static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
         PyErr_SetString(PyExc_ValueError, "the lane was never initialised");
         return NULL;
     }
-    Run r = {args[2], args[3], args[4], args[5], args[8], args[9], args[10], 0, 0, 0, 0, 0, 0};
+    Run r = {args[2], args[3], args[4], args[5], args[8], args[9], args[10], 0, 0, 0, 0, 0, 0, 0};
     if (!PyList_CheckExact(r.kept) || !PyList_CheckExact(r.headers) ||
         !PyList_CheckExact(r.stamps) || !PyUnicode_CheckExact(r.received_ms)) {
         PyErr_SetString(PyExc_TypeError, "kept, headers and stamps are lists, received_ms a str");
         return NULL;
     }
+    r.at = PyFloat_AsDouble(r.received_at);
+    if (r.at == -1.0 && PyErr_Occurred()) return NULL;
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
     if (start == -1 && PyErr_Occurred()) return NULL;
     r.room_records = PyLong_AsSsize_t(args[6]);
@@ -288,16 +295,15 @@ static PyObject *Lane_run(Lane *self, PyObject *const *args, Py_ssize_t nargs) {
                          (unsigned long long)r.low);
 }
 
-/* Lane(parse, object_type, window, topic, visitor_keyed, suite, sample_every, retriable) */
+/* Lane(parse, object_type, window, topic, visitor_keyed, suite, retriable) */
 static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"parse",  "object_type",  "window",    "topic", "visitor_keyed",
-                         "suite",  "sample_every", "retriable", NULL};
+                         "suite",  "retriable",    NULL};
     PyObject *parse, *object_type, *window, *topic, *suite, *retriable;
     int visitor_keyed;
-    unsigned long long sample_every;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OUpOKO", kw, &parse, &PyType_Type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!OUpOO", kw, &parse, &PyType_Type,
                                      &object_type, &window, &topic, &visitor_keyed, &suite,
-                                     &sample_every, &retriable))
+                                     &retriable))
         return -1;
     self->api = PyCapsule_Import(WINDOW_API, 0);
     if (self->api == NULL) return -1;
@@ -309,10 +315,6 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_TypeError, "suite must be a str or None");
         return -1;
     }
-    if (sample_every < 1) {
-        PyErr_SetString(PyExc_ValueError, "sample_every must be at least 1");
-        return -1;
-    }
     Py_XSETREF(self->parse, Py_NewRef(parse));
     Py_XSETREF(self->object_type, Py_NewRef(object_type));
     Py_XSETREF(self->window, window == Py_None ? NULL : Py_NewRef(window));
@@ -322,8 +324,7 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
                suite == Py_None || PyUnicode_GET_LENGTH(suite) == 0 ? NULL : Py_NewRef(suite));
     Py_XSETREF(self->retriable, Py_NewRef(retriable));
     self->visitor_keyed = visitor_keyed;
-    self->sample_every = sample_every;
-    self->seq = 0;
+    self->sampled = 0;
     Py_CLEAR(self->stamp);
     Py_XSETREF(self->hit_id, PyUnicode_InternFromString("hit-id"));
     Py_XSETREF(self->report_suite, PyUnicode_InternFromString("report-suite"));

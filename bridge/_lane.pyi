@@ -17,7 +17,6 @@ class Lane:
         topic: str,
         visitor_keyed: bool,
         suite: str | None,
-        sample_every: int,
         retriable: tuple[type[BaseException], ...],
     ) -> None: ...
     def run(

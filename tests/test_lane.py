@@ -210,11 +210,25 @@ def test_a_hit_the_producer_had_no_room_for_is_sent_once_and_is_no_replay(
     assert metrics.records_deduplicated._value.get() == 4
 
 
+def test_each_path_observes_the_latency_of_one_hit_per_read(fake: type[FakeProducer]) -> None:
+    """The first hit of each read (its received_at) asks for a delivery report that observes
+    the publish latency, in the lane as in the general path: one per read and path."""
+    pub, metrics = fake_publisher(dedupe_seed=False)
+    pub.begin(None)
+    hit = b'{"hitIdHigh":"5","hitIdLow":"%d","visIdHigh":1,"visIdLow":2}'
+    for n, at in enumerate((NOW, NOW + 1, NOW + 1, NOW + 2)):
+        pub.publish_many([hit % (3 * n + k) for k in range(3)], at)
+    # NOW: the general path (the transaction's first hit), then the lane; NOW + 1 (twice)
+    # and NOW + 2: the lane alone.
+    (family,) = metrics.publish_latency.collect()
+    assert [s.value for s in family.samples if s.name.endswith("_count")] == [4]
+
+
 def test_a_lane_checks_what_it_is_given() -> None:
     """A lane refuses a window that is not the C window, and refuses work uninitialised."""
     parse = simdjson.Parser().parse
     with pytest.raises(TypeError, match="window"):
-        Lane(parse, simdjson.Object, object(), "hits", True, None, 16, PRODUCE_ERRORS)  # type: ignore[arg-type]
+        Lane(parse, simdjson.Object, object(), "hits", True, None, PRODUCE_ERRORS)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="initialised"):
         Lane.__new__(Lane).run([], 0, print, [], [], [], 1, 1, "0", 0.0, print)
 

@@ -48,6 +48,16 @@ static const char *const NAMES[N_FIELDS] = {
 };
 static Py_ssize_t LENS[N_FIELDS];
 
+/* The object last made of a short plain value, and the value's span: hits of one second
+ * share their stamp and hits of a suite its name, so most are the same again, which also
+ * saves hashing new strings in the commit's count of stamps. */
+typedef struct {
+    PyObject *obj;
+    Kind kind;
+    Py_ssize_t len;
+    unsigned char text[32];
+} Memo;
+
 typedef struct {
     PyObject_HEAD
     PyObject *parse;       /* simdjson's Parser.parse: the validation */
@@ -60,12 +70,14 @@ typedef struct {
     int sampled;       /* a hit of the read at sampled_at asked for a delivery report */
     double sampled_at;
     /* interned header names, and produce's keyword names with and without on_delivery */
-    PyObject *hit_id, *report_suite, *received_at, *kw, *kw_report;
+    PyObject *hit_id, *report_suite, *received_at;
+    PyObject *any_partition, *now; /* produce()'s partition -1 (the partitioner's choice),
+                                      timestamp 0 (the time of produce) */
     const WindowAPI *api;
-    PyObject *stamp; /* the last stamp made, and the span it was made of */
-    Kind stamp_kind;
-    Py_ssize_t stamp_len;
-    unsigned char stamp_text[32];
+    Memo stamps, suites; /* the last stamp and report suite made */
+    /* {"hit-id": None, ["report-suite": suite,] "received-at": received_ms}: each message's
+     * headers are a copy (cheaper than a new dict) with its hit-id set */
+    PyObject *headers, *headers_suite, *headers_ms;
 } Lane;
 
 /* A string of 1..19 ASCII digits without a leading zero (always below 2**64): 1 and its
@@ -111,21 +123,19 @@ static PyObject *joined(const Span *a, const Span *b) {
     return text;
 }
 
-/* The stamp object of span s: the last one made again when s spells the same value (hits
- * of one second share it, and its hash, in the commit's count), else a new one. */
-static PyObject *stamp_of(Lane *self, const Span *s) {
-    Py_ssize_t len = s->len;
-    if (self->stamp != NULL && s->kind == self->stamp_kind && len == self->stamp_len &&
-        memcmp(s->p, self->stamp_text, (size_t)len) == 0)
-        return Py_NewRef(self->stamp);
-    PyObject *stamp = span_object(s);
-    if (stamp != NULL && len <= (Py_ssize_t)sizeof self->stamp_text) {
-        Py_XSETREF(self->stamp, Py_NewRef(stamp));
-        self->stamp_kind = s->kind;
-        self->stamp_len = len;
-        memcpy(self->stamp_text, s->p, (size_t)len);
+/* span_object(s), or the memo's object when s spells the same value. */
+static PyObject *remembered(Memo *m, const Span *s) {
+    if (m->obj != NULL && s->kind == m->kind && s->len == m->len &&
+        memcmp(s->p, m->text, (size_t)s->len) == 0)
+        return Py_NewRef(m->obj);
+    PyObject *obj = span_object(s);
+    if (obj != NULL && s->len <= (Py_ssize_t)sizeof m->text) {
+        Py_XSETREF(m->obj, Py_NewRef(obj));
+        m->kind = s->kind;
+        m->len = s->len;
+        memcpy(m->text, s->p, (size_t)s->len);
     }
-    return stamp;
+    return obj;
 }
 
 static int keyable(const Span *s) {
@@ -142,12 +152,29 @@ static int truthy(const Span *s) {
 /* The report-suite header of these fields: a new reference, NULL with no error for none,
  * NULL with an error set; *general: a form the lane leaves to the general path. */
 static PyObject *suite_of(Lane *self, const Span *s, int *general) {
-    if (s->kind == STRING && s->len > 0) return span_object(s);
+    if (s->kind == STRING && s->len > 0) return remembered(&self->suites, s);
     if (s->kind == ABSENT || s->kind == NULL_ || s->kind == FALSE_ || s->kind == STRING ||
         (s->kind == UINT && s->u == 0))
         return Py_XNewRef(self->suite);
     *general = 1; /* true or a non-zero number: the general path gives str() of it */
     return NULL;
+}
+
+/* A new headers dict for a hit of this suite (NULL: none) read at received_ms, hit-id None. */
+static PyObject *headers_of(Lane *self, PyObject *suite, PyObject *received_ms) {
+    if (self->headers == NULL || suite != self->headers_suite || received_ms != self->headers_ms) {
+        PyObject *d = PyDict_New();
+        if (d == NULL || PyDict_SetItem(d, self->hit_id, Py_None) < 0 ||
+            (suite != NULL && PyDict_SetItem(d, self->report_suite, suite) < 0) ||
+            PyDict_SetItem(d, self->received_at, received_ms) < 0) {
+            Py_XDECREF(d);
+            return NULL;
+        }
+        Py_XSETREF(self->headers, d);
+        Py_XSETREF(self->headers_suite, Py_XNewRef(suite));
+        Py_XSETREF(self->headers_ms, Py_NewRef(received_ms));
+    }
+    return PyDict_Copy(self->headers);
 }
 
 typedef struct {
@@ -199,11 +226,10 @@ static int take(Lane *self, Run *r, PyObject *record) {
     if (suite == NULL && PyErr_Occurred()) goto done;
     if ((text = joined(&f[HIT_HIGH], &f[HIT_LOW])) == NULL) goto done;
     if (visitor != NULL && (key = joined(&visitor[0], &visitor[1])) == NULL) goto done;
-    if ((headers = PyDict_New()) == NULL || PyDict_SetItem(headers, self->hit_id, text) < 0 ||
-        (suite != NULL && PyDict_SetItem(headers, self->report_suite, suite) < 0) ||
-        PyDict_SetItem(headers, self->received_at, r->received_ms) < 0)
+    if ((headers = headers_of(self, suite, r->received_ms)) == NULL ||
+        PyDict_SetItem(headers, self->hit_id, text) < 0)
         goto done;
-    stamp = stamp_of(self, truthy(&f[RECEIVED]) ? &f[RECEIVED] : &f[TIME]);
+    stamp = remembered(&self->stamps, truthy(&f[RECEIVED]) ? &f[RECEIVED] : &f[TIME]);
     if (stamp == NULL) goto done;
     if ((kept = PyTuple_Pack(4, self->topic, record, key ? key : Py_None, Py_None)) == NULL)
         goto done;
@@ -219,8 +245,13 @@ static int take(Lane *self, Run *r, PyObject *record) {
     if ((!self->sampled || self->sampled_at != r->at) &&
         (cb = PyObject_CallOneArg(r->report, r->received_at)) == NULL)
         goto done;
-    PyObject *args[5] = {self->topic, record, key ? key : Py_None, headers, cb};
-    PyObject *res = PyObject_Vectorcall(r->produce, args, 3, cb ? self->kw_report : self->kw);
+    /* All eight of Producer.produce's parameters, in the order of its C keyword list
+     * (topic, value, key, partition, callback, on_delivery, timestamp, headers): given by
+     * keyword, each one not given costs a dict lookup by a C string, 0.5 us a call in all.
+     * The tests that read the messages back from a broker pin the order. */
+    PyObject *args[8] = {self->topic, record, key ? key : Py_None, self->any_partition,
+                         cb ? cb : Py_None, Py_None, self->now, headers};
+    PyObject *res = PyObject_Vectorcall(r->produce, args, 8, NULL);
     if (res == NULL) {
         if (PyErr_ExceptionMatches(self->retriable)) {
             PyErr_Clear();
@@ -325,14 +356,16 @@ static int Lane_init(Lane *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->retriable, Py_NewRef(retriable));
     self->visitor_keyed = visitor_keyed;
     self->sampled = 0;
-    Py_CLEAR(self->stamp);
+    Py_CLEAR(self->stamps.obj);
+    Py_CLEAR(self->suites.obj);
+    Py_CLEAR(self->headers);
     Py_XSETREF(self->hit_id, PyUnicode_InternFromString("hit-id"));
     Py_XSETREF(self->report_suite, PyUnicode_InternFromString("report-suite"));
     Py_XSETREF(self->received_at, PyUnicode_InternFromString("received-at"));
-    Py_XSETREF(self->kw, Py_BuildValue("(s)", "headers"));
-    Py_XSETREF(self->kw_report, Py_BuildValue("(ss)", "headers", "on_delivery"));
-    if (!self->hit_id || !self->report_suite || !self->received_at || !self->kw ||
-        !self->kw_report)
+    Py_XSETREF(self->any_partition, PyLong_FromLong(-1));
+    Py_XSETREF(self->now, PyLong_FromLong(0));
+    if (!self->hit_id || !self->report_suite || !self->received_at || !self->any_partition ||
+        !self->now)
         return -1;
     return 0;
 }
@@ -355,9 +388,13 @@ static int Lane_clear(Lane *self) {
     Py_CLEAR(self->hit_id);
     Py_CLEAR(self->report_suite);
     Py_CLEAR(self->received_at);
-    Py_CLEAR(self->kw);
-    Py_CLEAR(self->kw_report);
-    Py_CLEAR(self->stamp);
+    Py_CLEAR(self->any_partition);
+    Py_CLEAR(self->now);
+    Py_CLEAR(self->stamps.obj);
+    Py_CLEAR(self->suites.obj);
+    Py_CLEAR(self->headers);
+    Py_CLEAR(self->headers_suite);
+    Py_CLEAR(self->headers_ms);
     return 0;
 }
 

@@ -113,16 +113,27 @@ class FakeProducer:
     def begin_transaction(self) -> None:
         self._maybe_fail("begin_transaction")
 
-    def produce(self, topic: str, value: bytes, key: Any = None, **kw: Any) -> None:
+    def produce(  # noqa: PLR0917 - confluent-kafka's parameters, in its order (the lane's call)
+        self,
+        topic: str,
+        value: bytes,
+        key: Any = None,
+        partition: int = -1,
+        callback: Any = None,
+        on_delivery: Any = None,
+        timestamp: int = 0,
+        headers: Any = None,
+    ) -> None:
         self._maybe_fail("produce")
-        raw = kw.get("headers") or []
+        assert (partition, timestamp) == (-1, 0), "the partitioner's choice, the time of produce"
+        raw = headers or []
         # Like confluent-kafka: a dict of headers or a list of pairs, in the order given.
-        headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
-        size = len(value) + len(key or "") + sum(len(k) + len(str(v)) for k, v in headers)
+        pairs = list(raw.items()) if isinstance(raw, dict) else list(raw)
+        size = len(value) + len(key or "") + sum(len(k) + len(str(v)) for k, v in pairs)
         if size > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE))
-        self.open.append((topic, bytes(value), key, headers))
-        callback = kw.get("on_delivery")
+        self.open.append((topic, bytes(value), key, pairs))
+        callback = callback or on_delivery
         if callback is not None:
             callback(None, _Delivered(topic, len(self.open) - 1))
 

@@ -183,11 +183,11 @@ class _FullOnce(FakeProducer):
 
     full_at = 0
 
-    def produce(self, topic: str, value: bytes, key: Any = None, **kw: Any) -> None:
+    def produce(self, *args: Any, **kw: Any) -> None:
         _FullOnce.full_at -= 1
         if _FullOnce.full_at == 0:
             raise BufferError("Local: Queue full")
-        super().produce(topic, value, key, **kw)
+        super().produce(*args, **kw)
 
 
 @pytest.mark.parametrize("full_at", [2, 3, 7])

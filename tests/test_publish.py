@@ -204,7 +204,7 @@ def test_100k_records_land_exactly_once(
     records = [make_hit(bodies, i) for i in range(n)]
     pub = Publisher(kafka_settings(kafka_bootstrap, topic, dlq), PublishSettings(), Metrics())
     pub.begin(None)
-    started = time.perf_counter()
+    started, wall = time.perf_counter(), time.time()
     run_publisher(pub, records)
     pub.close(30)
     elapsed = time.perf_counter() - started
@@ -237,6 +237,14 @@ def test_100k_records_land_exactly_once(
         assert [name for name, _ in rec.headers] == ["hit-id", "report-suite", "received-at"]
     assert sorted(r.value for r in got if r.value) == sorted(records)
     assert read_all(kafka_bootstrap, dlq) == []
+    # Each message has the time it was produced, and each key one partition (the
+    # partitioner's choice): the native lane passes produce() its parameters by position.
+    assert all(wall - 1 <= r.timestamp / 1000 <= wall + elapsed + 1 for r in got)
+    partitions: dict[bytes | None, set[int]] = {}
+    for rec in got:
+        partitions.setdefault(rec.key, set()).add(rec.partition)
+    assert {len(p) for p in partitions.values()} == {1}
+    assert len({r.partition for r in got}) == 3
     with capsys.disabled():
         print(
             f"\npublish: {n / elapsed:,.0f} records/s through Publisher; bare produce loop "

@@ -69,7 +69,7 @@ typedef struct {
     int visitor_keyed;
     int sampled;       /* a hit of the read at sampled_at asked for a delivery report */
     double sampled_at;
-    /* interned header names, and produce's keyword names with and without on_delivery */
+    /* interned header names */
     PyObject *hit_id, *report_suite, *received_at;
     PyObject *any_partition, *now; /* produce()'s partition -1 (the partitioner's choice),
                                       timestamp 0 (the time of produce) */

@@ -6,7 +6,9 @@ seeds the dedupe window from the tail of the hits topic (:mod:`bridge.seed`) and
 transaction. ``publish_many`` classifies each record (:mod:`bridge.classify`), drops
 replays (:mod:`bridge.dedupe`) and hands one message per record, a hit (value untouched)
 or a dead letter, to the writer (:mod:`bridge.transactions`), which owns the transaction:
-kept messages, counts, commits, replays after an abort, outages.
+kept messages, counts, commits, replays after an abort, outages. Nearly every hit takes
+the native lane (``bridge/_lane.c``), which does all of that in C for the form Live
+Stream sends; ``_publish_one`` is the definition it is tested against, and takes the rest.
 """
 
 from __future__ import annotations

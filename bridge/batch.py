@@ -86,20 +86,25 @@ class Batch:
         the writer's ``add`` would one by one, until one is not of its form or this batch is
         full. Returns the lane's stop: the next index, why it stopped and, for UNTAKEN, the
         id of the hit it did not take."""
-        kept = self.kept
-        i, stop, nbytes, high, low = lane.run(
-            records,
-            start,
-            produce,
-            kept,
-            self.headers,
-            self.stamps,
-            self.max_records - len(kept),
-            TXN_MAX_BYTES - self.bytes,
-            received_ms,
-            received_at,
-            report,
-        )
+        kept, before = self.kept, len(self.kept)
+        try:
+            i, stop, nbytes, high, low = lane.run(
+                records,
+                start,
+                produce,
+                kept,
+                self.headers,
+                self.stamps,
+                self.max_records - before,
+                TXN_MAX_BYTES - self.bytes,
+                received_ms,
+                received_at,
+                report,
+            )
+        except BaseException:  # out of memory, say: what it kept before counts all the same
+            self.bytes += sum(len(m[1]) for m in kept[before:])
+            self.hits += len(kept) - before
+            raise
         self.bytes += nbytes
         self.hits += i - start  # every record before the stop was taken, and only those
         return i, stop, (high, low)

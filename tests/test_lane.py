@@ -224,6 +224,32 @@ def test_each_path_observes_the_latency_of_one_hit_per_read(fake: type[FakeProdu
     assert [s.value for s in family.samples if s.name.endswith("_count")] == [4]
 
 
+class _BrokenAt3(FakeProducer):
+    """A producer whose third produce fails in a way the writer does not handle."""
+
+    def produce(self, *args: Any, **kw: Any) -> None:
+        if sum(c == "produce" for c in self.calls) == 2:
+            raise RuntimeError("broken")
+        super().produce(*args, **kw)
+
+
+def test_a_lane_that_raises_leaves_the_transaction_counting_what_it_kept(
+    fake: type[FakeProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error the writer does not handle goes up from the lane, and the open transaction
+    still counts exactly the messages it keeps (hits and bytes), for its abort to replay."""
+    pub, _ = fake_publisher(dedupe_seed=False)
+    monkeypatch.setattr(pub._writer, "_make_producer", _BrokenAt3)  # white-box: the factory
+    pub.begin(None)
+    hit = b'{"hitIdHigh":"5","hitIdLow":"%d","visIdHigh":1,"visIdLow":2}'
+    records = [hit % n for n in range(5)]
+    with pytest.raises(RuntimeError, match="broken"):
+        pub.publish_many(records, NOW)
+    batch = pub._writer._batch  # white-box: the open transaction
+    assert [m[1] for m in batch.kept] == records[:2]
+    assert (batch.hits, batch.bytes) == (2, len(records[0]) + len(records[1]))
+
+
 def test_a_lane_checks_what_it_is_given() -> None:
     """A lane refuses a window that is not the C window, and refuses work uninitialised."""
     parse = simdjson.Parser().parse

@@ -208,12 +208,22 @@ def verdict(emitted: list[str], records: list[Record]) -> Verdict:
 
 
 def wait_for_all(
-    bootstrap: str, topic: str, emitted: Callable[[], list[str]], timeout: float
+    bootstrap: str,
+    topic: str,
+    emitted: Callable[[], list[str]],
+    timeout: float,
+    gone: Callable[[], str | None] = lambda: None,
 ) -> Verdict:
-    """Poll the committed topic until it holds every emitted hit (or time out), then judge."""
+    """Poll the committed topic until it holds every emitted hit (or time out), then judge.
+    ``gone``: why the bridge can no longer get there (it stopped), or None; checked first."""
     last: list[Verdict] = []
+    stopped: list[str] = []
 
     def complete() -> bool:
+        why = gone()
+        if why is not None:
+            stopped.append(why)
+            raise AssertionError(why)
         try:
             records = read_all(bootstrap, topic, timeout=60)
         except AssertionError:  # the bridge has not created the topic yet
@@ -225,7 +235,10 @@ def wait_for_all(
     try:
         wait_until(complete, timeout, "every emitted hit to be committed", step=1.0)
     except AssertionError:
-        raise AssertionError(f"topic incomplete: {last[0].line() if last else '?'}") from None
+        seen = last[0].line() if last else "?"
+        if stopped:
+            raise AssertionError(f"the bridge stopped ({stopped[0]}); topic: {seen}") from None
+        raise AssertionError(f"topic incomplete: {seen}") from None
     return last[0]
 
 

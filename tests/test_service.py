@@ -235,7 +235,13 @@ def running_until_all_landed(
     thread.start()
     try:
         topic = bridge.settings.kafka.topic
-        v = wait_for_all(bootstrap, topic, sim.emitted_hit_ids, timeout=120)
+        v = wait_for_all(
+            bootstrap,
+            topic,
+            sim.emitted_hit_ids,
+            timeout=120,
+            gone=lambda: repr(raised) if raised or not thread.is_alive() else None,
+        )
         assert raised == []
         assert (v.lost, v.duplicated, v.unexpected) == ([], [], []), v.line()
         yield

@@ -15,12 +15,13 @@
  *   - is new to the dedupe window (a replay stops the lane: the general path counts it).
  *
  * Its message is the general path's, object for object: value the record itself, key
- * "visIdHigh:visIdLow" or "mcVisIdHigh:mcVisIdLow" (or None), headers {"hit-id", ["report-suite",] "received-at"} in
- * that order, and its stamp (receivedTimeGMT, else timeGMT) kept for the freshness
- * metrics; the first one taken of each read (each received_at) asks for a delivery report,
- * which observes the publish latency (every hit's would cost a tenth of the lane). It is
- * produced with produce(topic, value, key, headers=...) and appended to the open
- * transaction's kept, headers and stamps lists.
+ * "visIdHigh:visIdLow" or "mcVisIdHigh:mcVisIdLow" (or None), headers {"hit-id",
+ * ["report-suite",] "received-at"} in that order, and its stamp (receivedTimeGMT, else
+ * timeGMT) kept for the freshness metrics; the first one taken of each read (each
+ * received_at) asks for a delivery report, which observes the publish latency (every hit's
+ * would cost a tenth of the lane). It is produced with produce() (its parameters by
+ * position, see take()) and appended to the open transaction's kept, headers and stamps
+ * lists.
  *
  * run() returns (index, status, taken_bytes, high, low):
  *   END      every record was taken (index: len(records));
